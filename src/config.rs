@@ -1,0 +1,299 @@
+//! The one validated `Config`: built-in defaults < TOML file < `FERRICORN_*`
+//! environment < command-line flags, layered with figment.
+//!
+//! Every error names the key and the layer it came from (a file path, an
+//! environment variable, or the command line), because "invalid value" alone
+//! leaves an operator guessing which of four places to fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Where the supervisor looks for its file when `--config` is not given.
+/// A missing file there is fine: the defaults serve.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ferricorn/ferricorn.toml";
+
+/// Prefix of the environment layer; `__` separates nested keys.
+pub const ENV_PREFIX: &str = "FERRICORN_";
+
+/// Gunicorn's default listen backlog; tokio's 128 drops connections under
+/// bursts of a few hundred.
+const DEFAULT_BACKLOG: u32 = 2048;
+
+/// Uvicorn's default `--ws-max-size`.
+const DEFAULT_WS_MAX_SIZE: usize = 16 * 1024 * 1024;
+
+/// Log verbosity, named as in Gunicorn's `loglevel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// How log lines look when stderr is not the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved configuration. Field names follow Gunicorn where the idea is
+/// the same, Uvicorn where Gunicorn has none; the README documents each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to bind when systemd passes no socket (`LISTEN_FDS` unset).
+    pub bind: String,
+    /// Listen backlog used when ferricorn binds the socket itself.
+    pub backlog: u32,
+    /// Worker processes to run; defaults to the CPUs this process may use.
+    pub workers: usize,
+    /// Runtime threads per worker; 1 runs a single-threaded event loop.
+    pub threads: usize,
+    /// Seconds a worker may stay silent (no heartbeat) before it is killed.
+    pub timeout: f64,
+    /// Seconds a draining worker gets to finish before it is killed.
+    pub graceful_timeout: f64,
+    /// Seconds a new worker gets to report ready.
+    pub boot_timeout: f64,
+    /// Seconds an idle keep-alive connection (or a slow request head) is kept.
+    pub keepalive: f64,
+    /// Requests after which a worker is replaced; 0 never.
+    pub max_requests: u64,
+    /// Extra random requests (0..jitter) per worker, so workers don't all
+    /// recycle at once.
+    pub max_requests_jitter: u64,
+    /// Connections (WebSockets included) one worker serves at once.
+    pub worker_connections: usize,
+    /// Largest WebSocket message accepted, in bytes; larger closes with 1009.
+    pub ws_max_size: usize,
+    /// One log event per request.
+    pub access_log: bool,
+    /// Least severe level logged.
+    pub log_level: LogLevel,
+    /// Line format on stderr (the journal always gets structured fields).
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:8097".to_owned(),
+            backlog: DEFAULT_BACKLOG,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: 1,
+            timeout: 30.0,
+            graceful_timeout: 30.0,
+            boot_timeout: 30.0,
+            keepalive: 5.0,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            worker_connections: 1000,
+            ws_max_size: DEFAULT_WS_MAX_SIZE,
+            access_log: true,
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// `bind` as a socket address; validated at load, so this cannot fail
+    /// on a `Config` that came from [`Loader::load`].
+    pub fn bind_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        self.bind.parse()
+    }
+
+    /// The checks serde's types cannot express, as (key, problem) pairs.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.bind_addr().is_err() {
+            out.push((
+                "bind",
+                format!("{:?} is not an address like 127.0.0.1:8097", self.bind),
+            ));
+        }
+        let at_least_one = [
+            ("workers", self.workers),
+            ("threads", self.threads),
+            ("worker_connections", self.worker_connections),
+            ("backlog", self.backlog as usize),
+            ("ws_max_size", self.ws_max_size),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                out.push((key, "must be at least 1".to_owned()));
+            }
+        }
+        let seconds = [
+            ("timeout", self.timeout),
+            ("graceful_timeout", self.graceful_timeout),
+            ("boot_timeout", self.boot_timeout),
+            ("keepalive", self.keepalive),
+        ];
+        for (key, value) in seconds {
+            // A bound of a day keeps `Duration::from_secs_f64` far from overflow.
+            if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+                out.push((
+                    key,
+                    format!("{value} is not a number of seconds in (0, 86400]"),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Config values given as command-line flags: the top layer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// A config error, already worded for the operator: the key, the problem and
+/// the layer the value came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Everything needed to load the config again on reload: the layers' sources,
+/// not their values, so a reload sees an edited file.
+#[derive(Clone, Debug)]
+pub struct Loader {
+    /// `--config`, if given: then the file must exist.
+    pub explicit_path: Option<PathBuf>,
+    /// Flags from the command line.
+    pub overrides: Overrides,
+}
+
+impl Loader {
+    /// The file this loader reads.
+    pub fn path(&self) -> &Path {
+        self.explicit_path
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_CONFIG_PATH))
+    }
+
+    fn figment(&self) -> Result<Figment, ConfigError> {
+        let path = self.path();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match std::fs::metadata(path) {
+            Ok(_) => figment = figment.merge(Toml::file_exact(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.explicit_path.is_none() => {}
+            Err(e) => {
+                return Err(ConfigError(format!(
+                    "cannot read config file {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        Ok(figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .merge(Serialized::globals(&self.overrides)))
+    }
+
+    /// Reads every layer and validates the result.
+    ///
+    /// # Errors
+    /// A missing explicit file, a key no layer may set, a value of the wrong
+    /// type or out of range; the message names key and layer.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let figment = self.figment()?;
+        let config: Config = figment.extract().map_err(|e| describe(&figment, e))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        let lines: Vec<String> = problems
+            .into_iter()
+            .map(|(key, problem)| format!("{key}: {problem}{}", source_of(&figment, key)))
+            .collect();
+        Err(ConfigError(lines.join("; ")))
+    }
+}
+
+/// " (from <layer>)" for the layer that set `key`.
+fn source_of(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(md) => match &md.source {
+            Some(figment::Source::File(path)) => format!(" (from {})", path.display()),
+            _ if md.name.contains("environment") => {
+                format!(
+                    " (from environment variable {ENV_PREFIX}{})",
+                    key.to_uppercase()
+                )
+            }
+            // Serialized providers are named after their Rust type.
+            _ if md.name.contains("Overrides") => " (from command-line flag)".to_owned(),
+            _ if md.name.contains("Config") => " (built-in default)".to_owned(),
+            _ => format!(" (from {})", md.name),
+        },
+        None => String::new(),
+    }
+}
+
+/// Turns figment's errors into one message per problem. Figment reports an
+/// unknown key at the parent (no path, so no source): find which layer
+/// carries it so the operator knows where to look.
+fn describe(figment: &Figment, errors: figment::Error) -> ConfigError {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                return format!(
+                    "{field}: unknown key{}; see README for the keys",
+                    source_of(figment, field)
+                );
+            }
+            let key = e.path.join(".");
+            let key = if key.is_empty() {
+                "config".to_owned()
+            } else {
+                key
+            };
+            let mut problem = e.kind.to_string();
+            if let figment::error::Kind::InvalidType(_, _)
+            | figment::error::Kind::InvalidValue(_, _) = &e.kind
+            {
+                problem = format!("bad value: {problem}");
+            }
+            format!("{key}: {problem}{}", source_of(figment, &key))
+        })
+        .collect();
+    ConfigError(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().problems().is_empty());
+    }
+
+    #[test]
+    fn range_problems_name_the_key() {
+        let config = Config {
+            workers: 0,
+            timeout: -1.0,
+            bind: "nowhere".into(),
+            ..Config::default()
+        };
+        let keys: Vec<_> = config.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["bind", "workers", "timeout"]);
+    }
+}

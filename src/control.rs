@@ -1,0 +1,132 @@
+//! The control channel between supervisor and worker: a stream socket pair,
+//! one line per message.
+//!
+//! Supervisor → worker: the resolved config as the first line (JSON), then
+//! the supervisor's live figures now and then (`Status`). Worker →
+//! supervisor: `ready`, `heartbeat`, `retire`. Stop requests go by signal,
+//! not here, so that a worker with a wedged event loop still gets them.
+
+use serde::{Deserialize, Serialize};
+
+/// A worker's counters, sent with every heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Requests served since the worker started.
+    pub requests: u64,
+    /// Open HTTP connections, upgraded ones included.
+    pub connections: u64,
+    /// Open WebSockets.
+    pub websockets: u64,
+}
+
+/// What a worker tells its supervisor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerMessage {
+    /// Accepting on every listener.
+    Ready,
+    /// Event loop alive, with the worker's counters.
+    Heartbeat(Counters),
+    /// Asks to be replaced (e.g. `max_requests` reached); keeps serving until
+    /// the supervisor drains it, so capacity never dips.
+    Retire(String),
+}
+
+/// Longest line either side accepts; anything longer is a broken peer.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty control message")]
+    Empty,
+    #[error("unknown control message {0:?}")]
+    Unknown(String),
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+}
+
+impl WorkerMessage {
+    /// The line sent on the wire, newline included.
+    pub fn encode(&self) -> String {
+        match self {
+            WorkerMessage::Ready => "ready\n".to_owned(),
+            WorkerMessage::Heartbeat(c) => format!(
+                "heartbeat {} {} {}\n",
+                c.requests, c.connections, c.websockets
+            ),
+            // A reason is one word on the wire: whitespace would split it.
+            WorkerMessage::Retire(reason) => format!(
+                "retire {}\n",
+                reason.replace(|c: char| c.is_whitespace(), "_")
+            ),
+        }
+    }
+
+    /// Parses one line (without its newline).
+    ///
+    /// # Errors
+    /// Anything that is not exactly one of the messages `encode` writes.
+    pub fn decode(line: &str) -> Result<Self, DecodeError> {
+        let mut words = line.split_ascii_whitespace();
+        let kind = words.next().ok_or(DecodeError::Empty)?;
+        let rest: Vec<&str> = words.collect();
+        match (kind, rest.as_slice()) {
+            ("ready", []) => Ok(WorkerMessage::Ready),
+            ("ready", _) => Err(DecodeError::Malformed("ready")),
+            ("heartbeat", [r, c, w]) => {
+                let num = |s: &str| {
+                    s.parse::<u64>()
+                        .map_err(|_| DecodeError::Malformed("heartbeat"))
+                };
+                Ok(WorkerMessage::Heartbeat(Counters {
+                    requests: num(r)?,
+                    connections: num(c)?,
+                    websockets: num(w)?,
+                }))
+            }
+            ("heartbeat", _) => Err(DecodeError::Malformed("heartbeat")),
+            ("retire", [reason]) => Ok(WorkerMessage::Retire((*reason).to_owned())),
+            ("retire", _) => Err(DecodeError::Malformed("retire")),
+            (other, _) => Err(DecodeError::Unknown(other.chars().take(32).collect())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let messages = [
+            WorkerMessage::Ready,
+            WorkerMessage::Heartbeat(Counters {
+                requests: 7,
+                connections: 2,
+                websockets: 1,
+            }),
+            WorkerMessage::Retire("max_requests".into()),
+        ];
+        for m in messages {
+            let line = m.encode();
+            assert_eq!(WorkerMessage::decode(line.trim_end()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn retire_reason_with_spaces_stays_one_word() {
+        let line = WorkerMessage::Retire("memory high".into()).encode();
+        assert_eq!(
+            WorkerMessage::decode(line.trim_end()),
+            Ok(WorkerMessage::Retire("memory_high".into()))
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(WorkerMessage::decode(""), Err(DecodeError::Empty));
+        assert!(WorkerMessage::decode("heartbeat 1 2").is_err());
+        assert!(WorkerMessage::decode("heartbeat a b c").is_err());
+        assert!(WorkerMessage::decode("ready now").is_err());
+        assert!(WorkerMessage::decode("launch").is_err());
+    }
+}

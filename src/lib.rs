@@ -1,0 +1,26 @@
+//! ferricorn: a socket-activated, pre-fork web service supervisor for
+//! systemd — what Gunicorn with Uvicorn workers is for a FastAPI app, in
+//! Rust, as a template to copy.
+//!
+//! # Layout
+//!
+//! - [`cli`]: command-line flags, resolved into a [`config::Loader`].
+//! - [`config`]: the one validated `Config` (defaults < file < env < flags).
+//! - [`listen`]: sockets from systemd (`LISTEN_FDS`) or bound from `bind`.
+//! - [`supervisor`]: `ferricorn serve`, the unit's main process: workers,
+//!   generations, signals, sd_notify.
+//! - [`worker`]: `ferricorn worker`: serves the app on the inherited sockets.
+//! - [`app`]: the routes; the part a template user edits.
+//! - [`control`]: the supervisor ↔ worker line protocol.
+//! - [`logging`]: journald or stderr.
+//! - [`sys`]: the raw OS calls, each wrapped once.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod listen;
+pub mod logging;
+pub mod supervisor;
+pub mod sys;
+pub mod worker;

@@ -1,0 +1,925 @@
+//! The supervisor (`ferricorn serve`, the unit's MAINPID): holds the
+//! listening sockets, runs generations of worker processes, and turns
+//! signals and worker reports into the lifecycle in DESIGN.md.
+//!
+//! It is a single-threaded event loop over three inputs: signals (as
+//! [`signals::Intent`]s), worker events (control messages and exits), and a
+//! tick that enforces deadlines (boot, heartbeat, drain), restarts slots
+//! whose backoff has passed, and refreshes `STATUS=` and the watchdog.
+
+mod notify;
+mod signals;
+mod spawn;
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::process::{ExitCode, ExitStatus};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Loader};
+use crate::control::{Counters, DecodeError, WorkerMessage};
+use crate::listen::Listener;
+use signals::{Intent, Signals};
+
+/// Exit code when no worker could become ready at first start (the app
+/// fails to initialise). Distinct so that `RestartPreventExitStatus=` stops
+/// systemd from looping on it, as Gunicorn's exit 3 does not.
+pub const EXIT_BOOT_FAILURE: u8 = 3;
+
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// How often `STATUS=` is refreshed while nothing else changes.
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+/// A worker that dies within this long of starting counts as crash-looping.
+const CRASH_WINDOW: Duration = Duration::from_secs(10);
+/// First restart delay of a crash-looping slot; doubles per quick death.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest restart delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Quick deaths before a first start gives up with [`EXIT_BOOT_FAILURE`].
+const BOOT_ATTEMPTS: u32 = 3;
+/// Time SIGINT/SIGQUIT give workers before SIGKILL.
+const FAST_STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Started, not yet ready.
+    Booting,
+    /// Accepting.
+    Ready,
+    /// Accepting, but asked to be replaced; drained once its replacement is
+    /// ready.
+    Retiring,
+    /// Told to drain (or to stop); no longer counts for its slot.
+    Draining,
+}
+
+struct Worker {
+    slot: usize,
+    generation: u64,
+    state: State,
+    started: Instant,
+    /// Last heartbeat (or ready): silence past `timeout` kills.
+    last_seen: Instant,
+    /// Set when draining starts: past it, SIGKILL.
+    drain_deadline: Option<Instant>,
+    counters: Counters,
+    /// Why the supervisor killed it, for the exit log line.
+    killed_for: Option<String>,
+}
+
+/// One generation's settings: a reload builds a new one.
+struct Generation {
+    number: u64,
+    config: Arc<Config>,
+    config_line: String,
+    build: String,
+    /// Workers wanted; SIGTTIN/SIGTTOU move it until the next reload.
+    target: usize,
+}
+
+/// A reload in progress.
+struct Pending {
+    generation: Generation,
+    deadline: Instant,
+}
+
+/// Restart pacing of one slot.
+#[derive(Default)]
+struct Backoff {
+    quick_deaths: u32,
+    not_before: Option<Instant>,
+}
+
+enum Phase {
+    /// First start: `READY=1` not yet sent.
+    Booting {
+        deadline: Instant,
+    },
+    Running,
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
+}
+
+enum Event {
+    Message(u32, WorkerMessage),
+    BadMessage(u32, DecodeError),
+    Exited(u32, std::io::Result<ExitStatus>),
+}
+
+/// Result of the last reload, for `STATUS=`.
+enum LastReload {
+    None,
+    Ok(u64),
+    Failed(String),
+}
+
+struct Supervisor {
+    loader: Loader,
+    exe: PathBuf,
+    listeners: Vec<Listener>,
+    serving: Generation,
+    pending: Option<Pending>,
+    reload_queued: bool,
+    phase: Phase,
+    workers: HashMap<u32, Worker>,
+    backoff: HashMap<usize, Backoff>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    restarts: u64,
+    boot_failures: u32,
+    last_reload: LastReload,
+    /// Requests counted from heartbeats, for the requests/s figure.
+    requests_total: u64,
+    rate: (Instant, u64, f64),
+    last_status: Option<(Instant, String)>,
+    watchdog: Option<(Duration, Instant)>,
+    exit: Option<ExitCode>,
+}
+
+/// Runs the supervisor until it stops.
+pub async fn run(
+    loader: Loader,
+    config: Config,
+    exe: PathBuf,
+    listeners: Vec<Listener>,
+) -> ExitCode {
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let serving = match generation(1, config, &exe) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let now = Instant::now();
+    let mut sup = Supervisor {
+        loader,
+        exe,
+        listeners,
+        phase: Phase::Booting {
+            deadline: now + secs(serving.config.boot_timeout),
+        },
+        serving,
+        pending: None,
+        reload_queued: false,
+        workers: HashMap::new(),
+        backoff: HashMap::new(),
+        events_tx,
+        restarts: 0,
+        boot_failures: 0,
+        last_reload: LastReload::None,
+        requests_total: 0,
+        rate: (now, 0, 0.0),
+        last_status: None,
+        watchdog: notify::watchdog_interval().map(|d| (d / 2, now)),
+        exit: None,
+    };
+    let names: Vec<&str> = sup.listeners.iter().map(|l| l.name.as_str()).collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        build = %sup.serving.build,
+        workers = sup.serving.target,
+        listeners = ?names,
+        pid = std::process::id(),
+        "ferricorn starting"
+    );
+    sup.reconcile();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            intent = signals.next() => sup.on_intent(intent),
+            Some(event) = events.recv() => sup.on_event(event),
+            _ = tick.tick() => sup.on_tick(),
+        }
+        if let Some(code) = sup.exit.take() {
+            return code;
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// Builds generation `number` from `config` and the binary on disk now.
+fn generation(number: u64, config: Config, exe: &std::path::Path) -> Result<Generation, String> {
+    let build = spawn::build_id(exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?;
+    let config_line =
+        serde_json::to_string(&config).map_err(|e| format!("cannot encode config: {e}"))?;
+    Ok(Generation {
+        number,
+        target: config.workers,
+        config: Arc::new(config),
+        config_line,
+        build,
+    })
+}
+
+fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Err(e) => format!("unknown status ({e})"),
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => {
+                let core = if s.core_dumped() { ", core dumped" } else { "" };
+                format!("signal {sig} ({}){core}", signal_name(sig))
+            }
+            _ => "unknown status".to_owned(),
+        },
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGBUS => "SIGBUS",
+        _ => "other",
+    }
+}
+
+fn backoff_delay(quick_deaths: u32) -> Duration {
+    let exp = quick_deaths.saturating_sub(1).min(16);
+    (BACKOFF_MIN * 2u32.pow(exp)).min(BACKOFF_MAX)
+}
+
+impl Supervisor {
+    fn listener_fds(&self) -> Vec<RawFd> {
+        self.listeners
+            .iter()
+            .map(|l| l.socket.as_raw_fd())
+            .collect()
+    }
+
+    fn stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// Whether slot `slot` of generation `number` has a worker that is or
+    /// will be serving.
+    fn slot_filled(&self, number: u64, slot: usize) -> bool {
+        self.workers.values().any(|w| {
+            w.generation == number
+                && w.slot == slot
+                && matches!(w.state, State::Booting | State::Ready)
+        })
+    }
+
+    fn slots_ready(&self, number: u64, target: usize) -> bool {
+        (1..=target).all(|slot| {
+            self.workers
+                .values()
+                .any(|w| w.generation == number && w.slot == slot && w.state == State::Ready)
+        })
+    }
+
+    /// Starts what is missing and drains what is surplus.
+    fn reconcile(&mut self) {
+        if self.stopping() || self.exit.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        for slot in 1..=self.serving.target {
+            if self.slot_filled(self.serving.number, slot) {
+                continue;
+            }
+            let waiting = self
+                .backoff
+                .get(&slot)
+                .and_then(|b| b.not_before)
+                .is_some_and(|t| t > now);
+            if !waiting {
+                self.start_worker(false, slot);
+            }
+        }
+        if let Some(pending) = &self.pending {
+            let (number, target) = (pending.generation.number, pending.generation.target);
+            for slot in 1..=target {
+                if !self.slot_filled(number, slot) {
+                    self.start_worker(true, slot);
+                }
+            }
+        }
+        // Scale-down: the highest slots go first.
+        let surplus: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.generation == self.serving.number
+                    && w.slot > self.serving.target
+                    && w.state != State::Draining
+            })
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in surplus {
+            self.drain(pid, "scaled down");
+        }
+    }
+
+    fn start_worker(&mut self, pending: bool, slot: usize) {
+        let fds = self.listener_fds();
+        let generation = match (&self.pending, pending) {
+            (Some(p), true) => &p.generation,
+            _ => &self.serving,
+        };
+        let request = spawn::SpawnRequest {
+            exe: &self.exe,
+            slot,
+            generation: generation.number,
+            build: &generation.build,
+            listeners: &fds,
+            config_line: &generation.config_line,
+            cgroup_procs: None,
+        };
+        let number = generation.number;
+        match spawn::spawn(&request) {
+            Ok(spawned) => {
+                let now = Instant::now();
+                tracing::info!(
+                    slot,
+                    generation = number,
+                    pid = spawned.pid,
+                    "worker spawned"
+                );
+                self.workers.insert(
+                    spawned.pid,
+                    Worker {
+                        slot,
+                        generation: number,
+                        state: State::Booting,
+                        started: now,
+                        last_seen: now,
+                        drain_deadline: None,
+                        counters: Counters::default(),
+                        killed_for: None,
+                    },
+                );
+                tokio::spawn(watch(spawned, self.events_tx.clone()));
+            }
+            Err(e) => {
+                tracing::error!(slot, generation = number, error = %e, exe = %self.exe.display(), "cannot spawn worker");
+                if pending {
+                    self.abort_reload(format!("cannot spawn worker: {e}"));
+                } else {
+                    self.quick_death(slot, false);
+                }
+            }
+        }
+    }
+
+    /// Records a worker of the serving generation dying soon after start,
+    /// and paces the slot's next start.
+    fn quick_death(&mut self, slot: usize, was_ready: bool) {
+        let entry = self.backoff.entry(slot).or_default();
+        entry.quick_deaths += 1;
+        let delay = backoff_delay(entry.quick_deaths);
+        entry.not_before = Some(Instant::now() + delay);
+        let deaths = entry.quick_deaths;
+        if deaths > 1 {
+            tracing::warn!(
+                slot,
+                quick_deaths = deaths,
+                delay_ms = delay.as_millis() as u64,
+                "worker crash loop; restart delayed"
+            );
+        }
+        if matches!(self.phase, Phase::Booting { .. }) && !was_ready {
+            self.boot_failures += 1;
+            if self.boot_failures >= BOOT_ATTEMPTS {
+                tracing::error!(
+                    attempts = self.boot_failures,
+                    "no worker could start; giving up (exit code {EXIT_BOOT_FAILURE})"
+                );
+                self.give_up();
+            }
+        }
+        self.publish_status(true);
+    }
+
+    fn give_up(&mut self) {
+        for pid in self.workers.keys() {
+            crate::sys::signal(*pid, libc::SIGKILL);
+        }
+        notify::status("failed: no worker could start");
+        self.exit = Some(ExitCode::from(EXIT_BOOT_FAILURE));
+    }
+
+    /// SIGHUP to one worker: finish in flight, close WebSockets with 1012.
+    fn drain(&mut self, pid: u32, why: &str) {
+        let grace = secs(self.serving.config.graceful_timeout);
+        if let Some(w) = self.workers.get_mut(&pid) {
+            if w.state == State::Draining {
+                return;
+            }
+            tracing::info!(
+                slot = w.slot,
+                generation = w.generation,
+                pid,
+                reason = why,
+                "draining worker"
+            );
+            w.state = State::Draining;
+            w.drain_deadline = Some(Instant::now() + grace);
+            crate::sys::signal(pid, libc::SIGHUP);
+        }
+    }
+
+    fn kill(&mut self, pid: u32, why: String) {
+        if let Some(w) = self.workers.get_mut(&pid) {
+            if w.killed_for.is_some() {
+                return;
+            }
+            tracing::error!(slot = w.slot, generation = w.generation, pid, reason = %why, "killing worker");
+            w.killed_for = Some(why);
+            crate::sys::signal(pid, libc::SIGKILL);
+        }
+    }
+
+    fn on_intent(&mut self, intent: Intent) {
+        tracing::info!(?intent, "signal received");
+        match intent {
+            Intent::GracefulStop => self.stop(false),
+            Intent::FastStop => self.stop(true),
+            Intent::Reload => {
+                if self.stopping() {
+                    return;
+                }
+                if self.pending.is_some() || matches!(self.phase, Phase::Booting { .. }) {
+                    tracing::info!("reload queued until the current start or reload completes");
+                    self.reload_queued = true;
+                    return;
+                }
+                self.begin_reload();
+            }
+            Intent::AddWorker => {
+                if !self.stopping() {
+                    self.serving.target += 1;
+                    tracing::info!(workers = self.serving.target, "scaling up");
+                    self.reconcile();
+                    self.publish_status(true);
+                }
+            }
+            Intent::RemoveWorker => {
+                if !self.stopping() && self.serving.target > 1 {
+                    self.serving.target -= 1;
+                    tracing::info!(workers = self.serving.target, "scaling down");
+                    self.reconcile();
+                    self.publish_status(true);
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self, fast: bool) {
+        let already = self.stopping();
+        let (grace, signal, status) = if fast {
+            (FAST_STOP_GRACE, libc::SIGQUIT, "stopping now")
+        } else {
+            (
+                secs(self.serving.config.graceful_timeout),
+                libc::SIGTERM,
+                "stopping: draining workers",
+            )
+        };
+        if already && !fast {
+            return;
+        }
+        notify::stopping(status);
+        tracing::info!(workers = self.workers.len(), fast, "stopping");
+        self.pending = None;
+        let deadline = Instant::now() + grace;
+        self.phase = Phase::Stopping {
+            deadline,
+            killed: false,
+        };
+        for (&pid, w) in &mut self.workers {
+            w.state = State::Draining;
+            w.drain_deadline = Some(deadline);
+            crate::sys::signal(pid, signal);
+        }
+        self.check_stopped();
+    }
+
+    fn check_stopped(&mut self) {
+        if self.stopping() && self.workers.is_empty() {
+            tracing::info!("all workers exited; supervisor exiting");
+            self.exit = Some(ExitCode::SUCCESS);
+        }
+    }
+
+    fn begin_reload(&mut self) {
+        notify::reloading();
+        tracing::info!(config = %self.loader.path().display(), "reloading");
+        let config = match self.loader.load() {
+            Ok(c) => c,
+            Err(e) => return self.reload_failed(e.to_string()),
+        };
+        if config.bind != self.serving.config.bind {
+            tracing::warn!(old = %self.serving.config.bind, new = %config.bind, "`bind` changes take effect on restart, not reload");
+        }
+        let number = self.serving.number + 1;
+        let generation = match generation(number, config, &self.exe) {
+            Ok(g) => g,
+            Err(e) => return self.reload_failed(e),
+        };
+        tracing::info!(generation = number, build = %generation.build, workers = generation.target, "starting new generation");
+        self.pending = Some(Pending {
+            deadline: Instant::now() + secs(generation.config.boot_timeout),
+            generation,
+        });
+        self.reconcile();
+        self.publish_status(true);
+    }
+
+    fn reload_failed(&mut self, why: String) {
+        tracing::error!(reason = %why, "reload failed; previous generation keeps serving");
+        self.last_reload = LastReload::Failed(why);
+        let status = self.status_line();
+        notify::ready(&status);
+        self.last_status = Some((Instant::now(), status));
+    }
+
+    fn abort_reload(&mut self, why: String) {
+        if let Some(pending) = self.pending.take() {
+            let doomed: Vec<u32> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.generation == pending.generation.number)
+                .map(|(&pid, _)| pid)
+                .collect();
+            for pid in doomed {
+                self.kill(pid, "its generation failed to start".into());
+            }
+            self.reload_failed(why);
+            self.after_transition();
+        }
+    }
+
+    /// The pending generation is fully ready: it serves, the old one drains.
+    fn promote(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.serving, pending.generation);
+        let stale: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation != self.serving.number)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in stale {
+            self.drain(pid, "replaced by reload");
+        }
+        self.backoff.clear();
+        self.last_reload = LastReload::Ok(self.serving.number);
+        tracing::info!(
+            from = old.number,
+            to = self.serving.number,
+            "reload complete"
+        );
+        let status = self.status_line();
+        notify::ready(&status);
+        self.last_status = Some((Instant::now(), status));
+        self.after_transition();
+    }
+
+    /// Runs a reload that arrived while another transition was under way.
+    fn after_transition(&mut self) {
+        if self.reload_queued && self.pending.is_none() && !self.stopping() {
+            self.reload_queued = false;
+            self.begin_reload();
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Message(pid, message) => self.on_message(pid, message),
+            Event::BadMessage(pid, error) => {
+                tracing::warn!(pid, %error, "bad control message from worker");
+            }
+            Event::Exited(pid, status) => self.on_exit(pid, status),
+        }
+        self.reconcile();
+    }
+
+    fn on_message(&mut self, pid: u32, message: WorkerMessage) {
+        let now = Instant::now();
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        w.last_seen = now;
+        match message {
+            WorkerMessage::Heartbeat(counters) => {
+                self.requests_total += counters.requests.saturating_sub(w.counters.requests);
+                w.counters = counters;
+            }
+            WorkerMessage::Ready => {
+                if w.state != State::Booting {
+                    return;
+                }
+                w.state = State::Ready;
+                let (slot, number) = (w.slot, w.generation);
+                tracing::info!(
+                    slot,
+                    generation = number,
+                    pid,
+                    boot_ms = now.duration_since(w.started).as_millis() as u64,
+                    "worker ready"
+                );
+                self.on_ready(slot, number);
+            }
+            WorkerMessage::Retire(reason) => {
+                let replaceable = w.state == State::Ready
+                    && w.generation == self.serving.number
+                    && !matches!(self.phase, Phase::Stopping { .. });
+                if replaceable {
+                    tracing::info!(slot = w.slot, pid, %reason, "worker asks to be replaced; starting its successor first");
+                    w.state = State::Retiring;
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, slot: usize, number: u64) {
+        if number == self.serving.number {
+            self.backoff.remove(&slot);
+            // A successor is up: its retiring predecessor can drain now.
+            let retiring: Vec<u32> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| {
+                    w.generation == number && w.slot == slot && w.state == State::Retiring
+                })
+                .map(|(&pid, _)| pid)
+                .collect();
+            for pid in retiring {
+                self.drain(pid, "successor ready");
+            }
+            if matches!(self.phase, Phase::Booting { .. })
+                && self.slots_ready(number, self.serving.target)
+            {
+                self.phase = Phase::Running;
+                let status = self.status_line();
+                tracing::info!(workers = self.serving.target, "all workers ready");
+                notify::ready(&status);
+                self.last_status = Some((Instant::now(), status));
+                self.after_transition();
+            }
+        } else if let Some(pending) = &self.pending {
+            if number == pending.generation.number
+                && self.slots_ready(number, pending.generation.target)
+            {
+                self.promote();
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: u32, status: std::io::Result<ExitStatus>) {
+        let Some(w) = self.workers.remove(&pid) else {
+            return;
+        };
+        let how = describe(&status);
+        let uptime = w.started.elapsed();
+        if let Some(why) = &w.killed_for {
+            tracing::warn!(slot = w.slot, generation = w.generation, pid, status = %how, reason = %why, "worker killed");
+        } else if w.state == State::Draining {
+            tracing::info!(slot = w.slot, generation = w.generation, pid, status = %how, "worker exited after drain");
+        } else {
+            tracing::error!(slot = w.slot, generation = w.generation, pid, status = %how, uptime_ms = uptime.as_millis() as u64, "worker died");
+        }
+        let expected = w.state == State::Draining && w.killed_for.is_none();
+        if expected || self.stopping() {
+            self.check_stopped();
+            return;
+        }
+        self.restarts += 1;
+        if let Some(pending) = &self.pending {
+            if w.generation == pending.generation.number {
+                self.abort_reload(format!(
+                    "new worker {} exited before the generation was ready: {how}",
+                    w.slot
+                ));
+                return;
+            }
+        }
+        if w.generation == self.serving.number {
+            let was_ready = w.state != State::Booting;
+            // Killed for silence is a wedge, not a crash loop: replace at once.
+            if w.killed_for.is_none() && (!was_ready || uptime < CRASH_WINDOW) {
+                self.quick_death(w.slot, was_ready);
+            } else {
+                self.backoff.remove(&w.slot);
+            }
+        }
+        self.publish_status(true);
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let config = self.serving.config.clone();
+        let timeout = secs(config.timeout);
+        let boot = secs(config.boot_timeout);
+        let mut overdue = Vec::new();
+        for (&pid, w) in &self.workers {
+            if w.killed_for.is_some() {
+                continue;
+            }
+            let why = match w.state {
+                State::Booting if now.duration_since(w.started) > boot => Some(format!(
+                    "not ready after boot_timeout ({}s)",
+                    config.boot_timeout
+                )),
+                State::Ready | State::Retiring if now.duration_since(w.last_seen) > timeout => {
+                    Some(format!(
+                        "no heartbeat for {:.1}s (timeout {}s): event loop blocked",
+                        now.duration_since(w.last_seen).as_secs_f64(),
+                        config.timeout
+                    ))
+                }
+                State::Draining if w.drain_deadline.is_some_and(|d| now > d) => Some(format!(
+                    "still draining after graceful_timeout ({}s)",
+                    config.graceful_timeout
+                )),
+                _ => None,
+            };
+            if let Some(why) = why {
+                overdue.push((pid, why));
+            }
+        }
+        for (pid, why) in overdue {
+            self.kill(pid, why);
+        }
+        match self.phase {
+            Phase::Booting { deadline } if now > deadline => {
+                tracing::error!(boot_timeout = config.boot_timeout, "workers not ready within boot_timeout; giving up (exit code {EXIT_BOOT_FAILURE})");
+                self.give_up();
+                return;
+            }
+            Phase::Stopping {
+                deadline,
+                killed: false,
+            } if now > deadline => {
+                tracing::warn!(
+                    workers = self.workers.len(),
+                    "workers still alive past the stop deadline; killing"
+                );
+                for pid in self.workers.keys() {
+                    crate::sys::signal(*pid, libc::SIGKILL);
+                }
+                self.phase = Phase::Stopping {
+                    deadline,
+                    killed: true,
+                };
+            }
+            _ => {}
+        }
+        if let Some(pending) = &self.pending {
+            if now > pending.deadline {
+                let why = format!(
+                    "new generation not ready within boot_timeout ({}s)",
+                    pending.generation.config.boot_timeout
+                );
+                self.abort_reload(why);
+            }
+        }
+        self.reconcile();
+        self.publish_status(false);
+        self.pet_watchdog(now, timeout);
+    }
+
+    /// `WATCHDOG=1` only while some worker heartbeats: a supervisor whose
+    /// workers are all wedged stops petting and lets systemd act.
+    fn pet_watchdog(&mut self, now: Instant, timeout: Duration) {
+        let Some((interval, next)) = self.watchdog else {
+            return;
+        };
+        if now < next {
+            return;
+        }
+        self.watchdog = Some((interval, now + interval));
+        let fresh = heartbeat_fresh(&self.serving.config, timeout);
+        let alive = matches!(self.phase, Phase::Booting { .. })
+            || self
+                .workers
+                .values()
+                .any(|w| w.state != State::Booting && now.duration_since(w.last_seen) <= fresh);
+        if alive {
+            notify::watchdog();
+        } else {
+            tracing::warn!("no worker heartbeating; withholding WATCHDOG=1");
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let number = self.serving.number;
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.generation == number && matches!(w.state, State::Ready | State::Retiring))
+            .count();
+        let (mut conns, mut ws) = (0, 0);
+        for w in self.workers.values() {
+            conns += w.counters.connections;
+            ws += w.counters.websockets;
+        }
+        let mut line = format!(
+            "gen {number}: {ready}/{} workers ready, {:.0} req/s, {conns} conns, {ws} ws, {} restarts",
+            self.serving.target, self.rate.2, self.restarts
+        );
+        let looping: u32 = self
+            .backoff
+            .values()
+            .filter(|b| b.quick_deaths > 1)
+            .map(|b| b.quick_deaths)
+            .sum();
+        if looping > 0 {
+            line.push_str(&format!(
+                ", crash loop ({looping} quick deaths, backing off)"
+            ));
+        }
+        if let Some(p) = &self.pending {
+            line.push_str(&format!(", reloading to gen {}", p.generation.number));
+        }
+        match &self.last_reload {
+            LastReload::None => {}
+            LastReload::Ok(g) => line.push_str(&format!(", last reload ok (gen {g})")),
+            LastReload::Failed(why) => line.push_str(&format!(", last reload FAILED: {why}")),
+        }
+        line
+    }
+
+    /// Refreshes `STATUS=` every [`STATUS_INTERVAL`], or now if `changed`.
+    fn publish_status(&mut self, changed: bool) {
+        let now = Instant::now();
+        let due = self
+            .last_status
+            .as_ref()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= STATUS_INTERVAL);
+        if !(due || changed) {
+            return;
+        }
+        let (since, base, _) = self.rate;
+        let elapsed = now.duration_since(since).as_secs_f64();
+        if elapsed >= STATUS_INTERVAL.as_secs_f64() {
+            let rate = (self.requests_total - base) as f64 / elapsed;
+            self.rate = (now, self.requests_total, rate);
+        }
+        let line = self.status_line();
+        if self.last_status.as_ref().is_some_and(|(_, l)| *l == line) && !due {
+            return;
+        }
+        notify::status(&line);
+        self.last_status = Some((now, line));
+    }
+}
+
+/// How recent a heartbeat must be for the watchdog: a few missed beats, but
+/// never longer than `timeout` itself.
+fn heartbeat_fresh(config: &Config, timeout: Duration) -> Duration {
+    (crate::worker::heartbeat_interval(config.timeout) * 3).min(timeout)
+}
+
+/// Relays one worker's control messages and, at the end, its exit status.
+async fn watch(spawned: spawn::Spawned, events: mpsc::UnboundedSender<Event>) {
+    let spawn::Spawned {
+        pid,
+        mut child,
+        control,
+    } = spawned;
+    let (read_half, _write_half) = control.into_split();
+    let mut lines = tokio::io::BufReader::new(read_half).lines();
+    // EOF comes when the worker exits (nothing else holds its end).
+    while let Ok(Some(line)) = lines.next_line().await {
+        let event = match WorkerMessage::decode(&line) {
+            Ok(m) => Event::Message(pid, m),
+            Err(e) => Event::BadMessage(pid, e),
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+    let status = child.wait().await;
+    let _ = events.send(Event::Exited(pid, status));
+}

@@ -1,0 +1,57 @@
+//! The one place signals become intents, so the mapping is written once and
+//! a test (or systemd's `ExecReload=`) drives the same code path.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// What the operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// SIGHUP: rolling reload into a new generation.
+    Reload,
+    /// SIGTERM: drain everything and exit 0.
+    GracefulStop,
+    /// SIGINT, SIGQUIT: stop now.
+    FastStop,
+    /// SIGTTIN: one worker more.
+    AddWorker,
+    /// SIGTTOU: one worker fewer, never below one.
+    RemoveWorker,
+}
+
+pub struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    ttin: Signal,
+    ttou: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    /// The runtime's signal driver cannot register a handler.
+    pub fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
+            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
+        })
+    }
+
+    /// The next intent.
+    pub async fn next(&mut self) -> Intent {
+        tokio::select! {
+            _ = self.hup.recv() => Intent::Reload,
+            _ = self.term.recv() => Intent::GracefulStop,
+            _ = self.int.recv() => Intent::FastStop,
+            _ = self.quit.recv() => Intent::FastStop,
+            _ = self.ttin.recv() => Intent::AddWorker,
+            _ = self.ttou.recv() => Intent::RemoveWorker,
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! A worker process (`ferricorn worker`, started only by the supervisor):
+//! reads its config from the control socket, serves the app on the
+//! inherited listeners, heartbeats, and drains on signal.
+//!
+//! Signals: SIGTERM drains and closes WebSockets with 1001 (stop); SIGHUP
+//! drains with 1012 (replaced by a reload, recycle or scale-down); SIGINT and
+//! SIGQUIT exit at once.
+
+mod drain;
+mod server;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener as StdTcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+pub use drain::{Drain, DrainReason, CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART};
+use drain::{Kind, Open, Stats};
+
+use crate::config::Config;
+use crate::control::{self, WorkerMessage};
+use crate::logging::{self, Role};
+use crate::sys::{self, CONTROL_FD, FIRST_LISTENER_FD};
+
+/// Exit code of a worker that could not start (bad descriptors, no config).
+pub const EXIT_WORKER_BOOT: u8 = 3;
+
+/// Who this worker is, as the supervisor named it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Slot number, 1..=workers; a replacement keeps its predecessor's slot.
+    pub slot: usize,
+    /// Generation: bumped by every reload.
+    pub generation: u64,
+    /// Identifier of the executable file this worker runs.
+    pub build: String,
+    pub pid: u32,
+}
+
+/// What a handler can see of its worker; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WorkerContext {
+    pub identity: Arc<Identity>,
+    pub config: Arc<Config>,
+    pub drain: Arc<Drain>,
+    stats: Arc<Stats>,
+    control: mpsc::UnboundedSender<WorkerMessage>,
+    /// Requests after which this worker asks to be replaced; 0 never.
+    retire_after: u64,
+}
+
+/// Holds a WebSocket open in the counters and keeps the drain waiting.
+#[derive(Debug)]
+pub struct WebSocketGuard(#[allow(dead_code)] Open);
+
+impl WorkerContext {
+    /// Call when a WebSocket is accepted; drop the guard when it closes.
+    pub fn open_websocket(&self) -> WebSocketGuard {
+        WebSocketGuard(Open::new(self.stats.clone(), &self.drain, Kind::WebSocket))
+    }
+
+    fn open_connection(&self) -> Open {
+        Open::new(self.stats.clone(), &self.drain, Kind::Connection)
+    }
+
+    /// Counts a served request and asks for replacement at `max_requests`.
+    fn request_done(&self) {
+        let served = self.stats.request_done();
+        if self.retire_after != 0 && served == self.retire_after {
+            let _ = self
+                .control
+                .send(WorkerMessage::Retire("max_requests".into()));
+        }
+    }
+}
+
+/// Arguments the supervisor passes on the command line.
+#[derive(Clone, Debug)]
+pub struct WorkerArgs {
+    pub slot: usize,
+    pub generation: u64,
+    pub build: String,
+    pub listeners: usize,
+}
+
+/// Runs a worker to completion.
+pub fn run(args: WorkerArgs) -> ExitCode {
+    match boot(&args) {
+        Ok((config, control, listeners)) => {
+            logging::init(
+                config.log_level,
+                config.log_format,
+                Role::Worker {
+                    slot: args.slot,
+                    generation: args.generation,
+                },
+            );
+            let runtime = if config.threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.threads)
+                    .enable_all()
+                    .build()
+            };
+            match runtime {
+                Ok(rt) => rt.block_on(serve(args, config, control, listeners)),
+                Err(e) => {
+                    eprintln!("ferricorn worker: cannot start runtime: {e}");
+                    ExitCode::from(EXIT_WORKER_BOOT)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("ferricorn worker {}: {e}", args.slot);
+            ExitCode::from(EXIT_WORKER_BOOT)
+        }
+    }
+}
+
+type Booted = (Config, std::os::unix::net::UnixStream, Vec<StdTcpListener>);
+
+/// Takes the inherited descriptors and reads the config line.
+fn boot(args: &WorkerArgs) -> Result<Booted, String> {
+    if !sys::fd_is_open(CONTROL_FD) {
+        return Err("no control socket: `ferricorn worker` is started by `ferricorn serve`".into());
+    }
+    // SAFETY: the supervisor put our end of the control socket pair at
+    // CONTROL_FD, checked open above, and nothing else here owns it.
+    let control = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
+    let mut line = String::new();
+    BufReader::new(&control)
+        .take(control::MAX_LINE as u64)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading config from supervisor: {e}"))?;
+    let config: Config =
+        serde_json::from_str(&line).map_err(|e| format!("config from supervisor: {e}"))?;
+    let mut listeners = Vec::with_capacity(args.listeners);
+    for idx in 0..args.listeners {
+        let fd = FIRST_LISTENER_FD + idx as RawFd;
+        if !sys::is_listening(fd) {
+            return Err(format!("descriptor {fd} is not a listening socket"));
+        }
+        // SAFETY: the supervisor placed a listening socket at `fd` (checked
+        // above) and this process takes sole ownership of the number.
+        let listener = unsafe { StdTcpListener::from_raw_fd(fd) };
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("listener {fd}: {e}"))?;
+        listeners.push(listener);
+    }
+    control
+        .set_nonblocking(true)
+        .map_err(|e| format!("control socket: {e}"))?;
+    Ok((config, control, listeners))
+}
+
+/// Heartbeats often enough that a few can be lost inside `timeout`.
+pub fn heartbeat_interval(timeout: f64) -> Duration {
+    Duration::from_secs_f64(timeout / 4.0).min(Duration::from_secs(1))
+}
+
+/// A per-worker random-ish number: pid and clock mixed, enough to spread
+/// recycling (`max_requests_jitter`) without a random-number crate.
+fn jitter(bound: u64) -> u64 {
+    if bound == 0 {
+        return 0;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() % bound
+}
+
+async fn serve(
+    args: WorkerArgs,
+    config: Config,
+    control: std::os::unix::net::UnixStream,
+    listeners: Vec<StdTcpListener>,
+) -> ExitCode {
+    let control = match UnixStream::from_std(control) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("control socket: {e}");
+            return ExitCode::from(EXIT_WORKER_BOOT);
+        }
+    };
+    let (read_half, mut write_half) = control.into_split();
+    let (to_supervisor, mut outbox) = mpsc::unbounded_channel::<WorkerMessage>();
+    let retire_after = match config.max_requests {
+        0 => 0,
+        n => n + jitter(config.max_requests_jitter),
+    };
+    let ctx = WorkerContext {
+        identity: Arc::new(Identity {
+            slot: args.slot,
+            generation: args.generation,
+            build: args.build.clone(),
+            pid: std::process::id(),
+        }),
+        config: Arc::new(config),
+        drain: Arc::new(Drain::default()),
+        stats: Arc::new(Stats::default()),
+        control: to_supervisor.clone(),
+        retire_after,
+    };
+
+    // The supervisor gone means nobody will ever drain us: exit. (PDEATHSIG
+    // normally gets here first.)
+    tokio::spawn(async move {
+        while let Some(message) = outbox.recv().await {
+            if write_half
+                .write_all(message.encode().as_bytes())
+                .await
+                .is_err()
+            {
+                std::process::exit(0);
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(read_half).lines();
+        while let Ok(Some(_status)) = lines.next_line().await {}
+        std::process::exit(0);
+    });
+
+    if let Err(e) = watch_signals(ctx.drain.clone()) {
+        tracing::error!("cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_WORKER_BOOT);
+    }
+
+    let beat = heartbeat_interval(ctx.config.timeout);
+    let stats = ctx.stats.clone();
+    let heartbeats = to_supervisor.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(beat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if heartbeats
+                .send(WorkerMessage::Heartbeat(stats.snapshot()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    let router = crate::app::router(ctx.clone());
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => {
+                accept_loops.spawn(server::accept_loop(listener, ctx.clone(), router.clone()));
+            }
+            Err(e) => {
+                tracing::error!("cannot register listener: {e}");
+                return ExitCode::from(EXIT_WORKER_BOOT);
+            }
+        }
+    }
+    tracing::info!(pid = std::process::id(), "worker ready");
+    let _ = to_supervisor.send(WorkerMessage::Ready);
+
+    ctx.drain.draining().await;
+    // Accept loops end on drain; their listeners close with them, in this
+    // process only: the other workers and systemd keep the socket.
+    while accept_loops.join_next().await.is_some() {}
+    let open = ctx.stats.snapshot();
+    tracing::info!(
+        connections = open.connections,
+        websockets = open.websockets,
+        close_code = ctx.drain.close_code(),
+        "worker draining"
+    );
+    ctx.drain.finished().await;
+    tracing::info!(
+        requests = ctx.stats.snapshot().requests,
+        "worker drained, exiting"
+    );
+    ExitCode::SUCCESS
+}
+
+fn watch_signals(drain: Arc<Drain>) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => drain.start(DrainReason::Stop),
+                _ = hup.recv() => drain.start(DrainReason::Restart),
+                _ = int.recv() => std::process::exit(0),
+                _ = quit.recv() => std::process::exit(0),
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The accept loop and per-connection HTTP/1.1 serving on hyper.
+//!
+//! Our own loop rather than `axum::serve`: it takes a connection slot
+//! (`worker_connections`) before accepting, so an overloaded worker leaves
+//! connections in the shared backlog for its siblings; it backs off on
+//! descriptor exhaustion instead of spinning; it times out slow request
+//! heads; and it drains with the worker.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::Service;
+
+use super::WorkerContext;
+use crate::logging::ACCESS_TARGET;
+
+/// First pause after an accept error that a retry cannot fix at once
+/// (descriptor table full, no memory); doubles up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this interval while accept keeps failing.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Accepts until the worker drains; each connection runs on the drain's
+/// tracker so the worker waits for it.
+pub async fn accept_loop(listener: TcpListener, ctx: WorkerContext, router: Router) {
+    let slots = Arc::new(Semaphore::new(ctx.config.worker_connections));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            () = ctx.drain.draining() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            () = ctx.drain.draining() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let ctx = ctx.clone();
+                let router = router.clone();
+                ctx.drain.tracker().clone().spawn(async move {
+                    serve_connection(stream, peer, ctx, router).await;
+                    drop(permit);
+                });
+            }
+            Err(e) if is_per_connection(&e) => {}
+            Err(e) => {
+                if last_error_log.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL) {
+                    tracing::error!(error = %e, "accept failed; backing off");
+                    last_error_log = Some(Instant::now());
+                }
+                drop(permit);
+                tokio::select! {
+                    () = ctx.drain.draining() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Errors about one connection that died in the backlog: retry at once.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO | libc::EPERM | libc::EINTR)
+    )
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContext, router: Router) {
+    let _open = ctx.open_connection();
+    // Responses are small; waiting for Nagle costs a round trip.
+    let _ = stream.set_nodelay(true);
+    let access_log = ctx.config.access_log;
+    let keepalive = Duration::from_secs_f64(ctx.config.keepalive);
+    let request_ctx = ctx.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut router = router.clone();
+        let ctx = request_ctx.clone();
+        async move {
+            let started = Instant::now();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let response = router.call(request).await?;
+            ctx.request_done();
+            if access_log {
+                let status = response.status().as_u16();
+                tracing::info!(
+                    target: ACCESS_TARGET,
+                    method = %method,
+                    path = %path,
+                    status,
+                    duration_us = started.elapsed().as_micros() as u64,
+                    peer = %peer,
+                    "{method} {path} {status}"
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = http1::Builder::new();
+    // The header read timer also runs while a kept-alive connection waits
+    // for its next request, so it is the keep-alive idle timeout too.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(keepalive)
+        .keep_alive(true);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = ctx.drain.draining() => {
+            // Finish the request in flight, then close; idle ones close now.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
