@@ -124,10 +124,10 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> Result<Listener, ListenError> {
     socket
         .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
         .map_err(err)?;
-    Ok(Listener {
-        name: addr.to_string(),
-        socket: socket.into(),
-    })
+    let socket: TcpListener = socket.into();
+    // The bound address, so `bind = "127.0.0.1:0"` logs the port it got.
+    let name = socket.local_addr().map_err(err)?.to_string();
+    Ok(Listener { name, socket })
 }
 
 /// Moves a listener above the fixed descriptor range workers receive, so

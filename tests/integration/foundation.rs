@@ -1,0 +1,241 @@
+//! The foundation contract: socket activation, READY=1 only when every
+//! worker answers, workers as children, crash restart, self-binding.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[test]
+fn ready_only_when_every_worker_answers() {
+    let mut server = Server::start(Options {
+        workers: 3,
+        ..Options::default()
+    });
+    let ready = server.wait_ready();
+    // At the moment READY=1 arrives, all three workers are accepting.
+    let note = server.notes()[ready].clone();
+    assert!(
+        note.contains("STATUS=") && note.contains("3/3 workers"),
+        "{note}"
+    );
+    let pids = server.distinct_health_pids(3);
+    assert_eq!(pids.len(), 3);
+    let supervisor = server.pid();
+    for pid in &pids {
+        assert_eq!(
+            parent_of(*pid as u32),
+            Some(supervisor),
+            "worker {pid} is not a child of the supervisor"
+        );
+    }
+    let mut children = server.worker_pids();
+    children.sort_unstable();
+    let mut answered: Vec<u32> = pids.iter().map(|&p| p as u32).collect();
+    answered.sort_unstable();
+    assert_eq!(children, answered);
+    // The socket came from "systemd": the supervisor bound nothing itself.
+    assert!(
+        server.log().contains("listeners=[\"http\"]"),
+        "{}",
+        server.log()
+    );
+    let health = server.health();
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(health["worker"]
+        .as_u64()
+        .is_some_and(|w| (1..=3).contains(&w)));
+    assert_eq!(health["generation"], 1);
+}
+
+#[test]
+fn workers_get_no_notify_socket_and_die_with_supervisor() {
+    let mut server = Server::start(Options::default());
+    server.wait_ready();
+    let workers = server.worker_pids();
+    assert_eq!(workers.len(), 2);
+    for pid in &workers {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let env = String::from_utf8_lossy(&env);
+        assert!(
+            !env.contains("NOTIFY_SOCKET="),
+            "worker {pid} got NOTIFY_SOCKET"
+        );
+        assert!(!env.contains("LISTEN_FDS="), "worker {pid} got LISTEN_FDS");
+    }
+    send_signal(server.pid(), libc::SIGKILL);
+    server.wait_exit(PATIENCE);
+    for pid in workers {
+        eventually("orphaned worker to die", PATIENCE, || {
+            (!alive(pid)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn killed_worker_is_replaced() {
+    let mut server = Server::start(Options::default());
+    server.wait_ready();
+    let before = server.worker_pids();
+    assert_eq!(before.len(), 2);
+    let victim = before[0];
+    send_signal(victim, libc::SIGKILL);
+    let after = eventually("a replacement worker", PATIENCE, || {
+        let now = server.worker_pids();
+        (now.len() == 2 && !now.contains(&victim)).then_some(now)
+    });
+    assert!(after.contains(&before[1]), "the other worker was disturbed");
+    server.wait_log("signal 9 (SIGKILL)");
+    // The service answered throughout; now both slots do again.
+    assert_eq!(server.distinct_health_pids(2).len(), 2);
+}
+
+#[test]
+fn binds_configured_address_without_listen_fds() {
+    let mut server = Server::start(Options {
+        socket: Socket::SelfBound,
+        ..Options::default()
+    });
+    server.wait_ready();
+    let addr = server.addr;
+    assert!(
+        server.log().contains(&format!("listeners=[\"{addr}\"]")),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.health()["status"], "healthy");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).success());
+}
+
+#[test]
+fn sigterm_stops_gracefully_with_stopping_note() {
+    let mut server = Server::start(Options::default());
+    server.wait_ready();
+    let workers = server.worker_pids();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success(), "supervisor exit: {status}");
+    assert!(server
+        .notes()
+        .iter()
+        .any(|n| n.lines().any(|l| l == "STOPPING=1")));
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the supervisor");
+    }
+}
+
+#[test]
+fn sigint_is_a_fast_stop() {
+    let mut server = Server::start(Options::default());
+    server.wait_ready();
+    let workers = server.worker_pids();
+    server.signal(libc::SIGINT);
+    assert!(server.wait_exit(PATIENCE).success());
+    for pid in workers {
+        assert!(!alive(pid));
+    }
+}
+
+/// A descriptor systemd could never have meant: each is refused by name.
+#[test]
+fn invalid_listen_fds_are_refused() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+    let run = |listen_fds: &str, fd3: Option<std::os::fd::RawFd>| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "LISTEN_PID=$$ LISTEN_FDS={listen_fds} exec \"$0\" --config /dev/null serve"
+            ))
+            .arg(BIN)
+            .env_remove("NOTIFY_SOCKET");
+        if let Some(fd) = fd3 {
+            // SAFETY: dup2 only, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 3) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("lots", None);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("LISTEN_FDS"), "{err}");
+    let (code, err) = run("1", None);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("descriptor 3") && err.contains("not an open descriptor"),
+        "{err}"
+    );
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (code, err) = run("1", Some(std::os::fd::AsRawFd::as_raw_fd(&udp)));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("descriptor 3"), "{err}");
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let (code, err) = run("1", Some(std::os::fd::AsRawFd::as_raw_fd(&file)));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not a socket"), "{err}");
+    let unlistened = std::net::TcpStream::connect(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(),
+    )
+    .unwrap();
+    let (code, err) = run("1", Some(std::os::fd::AsRawFd::as_raw_fd(&unlistened)));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not listening"), "{err}");
+    let _ = Duration::ZERO;
+}
+
+#[test]
+fn json_log_lines_carry_worker_identity_and_access_fields() {
+    let mut server = Server::start(Options {
+        config: "log_format = \"json\"".into(),
+        ..Options::default()
+    });
+    server.wait_ready();
+    server.get("/health?probe=1").unwrap();
+    server.wait_log("\"path\":\"/health\"");
+    let access: serde_json::Value = server
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "ferricorn::access")
+        .expect("an access-log JSON line");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["generation"], 1);
+    assert!(access["worker"].as_u64().is_some(), "{access}");
+    assert!(access["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
+    assert!(access["duration_us"].as_u64().is_some());
+}
+
+#[test]
+fn access_log_can_be_switched_off() {
+    let mut server = Server::start(Options {
+        config: "access_log = false".into(),
+        ..Options::default()
+    });
+    server.wait_ready();
+    for _ in 0..5 {
+        server.get("/health").unwrap();
+    }
+    // A later, unrelated line proves the log has caught up with the requests.
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    let log = server.log();
+    assert!(log.contains("worker drained"), "{log}");
+    assert!(!log.contains("ferricorn::access"), "{log}");
+}

@@ -1,0 +1,508 @@
+//! Runs the real `ferricorn` binary the way systemd does: a listening socket
+//! at fd 3 with `LISTEN_FDS=1` and `LISTEN_PID` of the server itself, and a
+//! `NOTIFY_SOCKET` datagram socket the test reads. Everything is polled with
+//! deadlines; nothing sleeps for synchronisation.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ferricorn");
+
+/// Generous bound for anything the tests wait on: CI machines are shared.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How the server gets its socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// The test binds and passes it at fd 3, as systemd's socket unit does.
+    Activated,
+    /// `serve` binds `bind` itself.
+    SelfBound,
+}
+
+pub struct Options {
+    pub workers: usize,
+    pub socket: Socket,
+    /// Extra TOML lines for the config file.
+    pub config: String,
+    pub env: Vec<(String, String)>,
+    /// Run this executable instead of the built one (e.g. a copy the test
+    /// later replaces).
+    pub exe: Option<PathBuf>,
+    /// Extra environment for the shell wrapper (`WATCHDOG_USEC`...), with
+    /// `$$` expanding to the server's pid.
+    pub wrapper_env: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: 2,
+            socket: Socket::Activated,
+            config: String::new(),
+            env: Vec::new(),
+            exe: None,
+            wrapper_env: String::new(),
+        }
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    notify: UnixDatagram,
+    /// Every datagram received on NOTIFY_SOCKET so far.
+    notes: Vec<String>,
+    log: Arc<Mutex<String>>,
+    exited: Option<ExitStatus>,
+}
+
+/// In the child before exec: put `fd` at 3 without close-on-exec.
+fn move_to_fd3(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: dup2 and fcntl are async-signal-safe; integers only.
+    unsafe {
+        if fd == 3 {
+            let flags = libc::fcntl(3, libc::F_GETFD);
+            if libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, 3) == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A free loopback port: bound to port 0, then released.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
+
+impl Server {
+    pub fn start(opts: Options) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("ferricorn.toml");
+        let mut config = format!("workers = {}\n{}\n", opts.workers, opts.config);
+        let mut listener = Some(TcpListener::bind("127.0.0.1:0").expect("bind"));
+        let mut addr = listener
+            .as_ref()
+            .expect("bound")
+            .local_addr()
+            .expect("addr");
+        if opts.socket == Socket::SelfBound {
+            listener = None;
+            addr.set_port(free_port());
+            config.push_str(&format!("bind = \"{addr}\"\n"));
+        }
+        std::fs::write(&config_path, config).expect("write config");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+
+        let exe = opts.exe.clone().unwrap_or_else(|| PathBuf::from(BIN));
+        let mut cmd = Command::new("sh");
+        let listen_env = if opts.socket == Socket::Activated {
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http "
+        } else {
+            ""
+        };
+        // LISTEN_PID must be the server's own pid: the shell's, which exec keeps.
+        let script = format!(
+            "{listen_env}{} exec \"$0\" --config \"$1\" serve",
+            opts.wrapper_env
+        );
+        cmd.arg("-c")
+            .arg(script)
+            .arg(&exe)
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        if let Some(listener_fd) = listener.as_ref().map(AsRawFd::as_raw_fd) {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || move_to_fd3(listener_fd));
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn ferricorn");
+        drop(listener);
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("FERRICORN_TEST_ECHO").is_some() {
+                    eprintln!("{line}");
+                }
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Server {
+            child,
+            addr,
+            dir,
+            config_path,
+            notify,
+            notes: Vec::new(),
+            log,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        eventually(&format!("log line {needle:?}"), PATIENCE, || {
+            self.log().contains(needle).then_some(())
+        });
+    }
+
+    /// Reads whatever datagrams arrived.
+    fn pump_notify(&mut self) {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.notify.recv(&mut buf) {
+            self.notes
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+
+    /// All sd_notify datagrams so far.
+    pub fn notes(&mut self) -> Vec<String> {
+        self.pump_notify();
+        self.notes.clone()
+    }
+
+    /// Waits for a datagram with a line equal to `line` (e.g. "READY=1")
+    /// after the first `skip` datagrams; returns its index.
+    pub fn wait_note_after(&mut self, skip: usize, line: &str) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(i) = self
+                .notes
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .find(|(_, n)| n.lines().any(|l| l == line))
+                .map(|(i, _)| i)
+            {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} on NOTIFY_SOCKET; got {:?}\nlog:\n{}",
+                self.notes,
+                self.log()
+            );
+            self.pump_notify();
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.pump_notify();
+                if !self
+                    .notes
+                    .iter()
+                    .skip(skip)
+                    .any(|n| n.lines().any(|l| l == line))
+                {
+                    panic!(
+                        "server exited ({status}) before {line:?}\nlog:\n{}",
+                        self.log()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn wait_ready(&mut self) -> usize {
+        self.wait_note_after(0, "READY=1")
+    }
+
+    /// Latest `STATUS=` text.
+    pub fn status(&mut self) -> Option<String> {
+        self.notes()
+            .iter()
+            .rev()
+            .flat_map(|n| n.lines())
+            .find_map(|l| l.strip_prefix("STATUS=").map(str::to_owned))
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        send_signal(self.pid(), sig);
+    }
+
+    /// Current child processes of the supervisor (its workers).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let status = eventually("server exit", limit, || {
+            self.child.try_wait().ok().flatten()
+        });
+        self.exited = Some(status);
+        status
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        get(self.addr, path)
+    }
+
+    /// `/health` as JSON.
+    pub fn health(&self) -> serde_json::Value {
+        let r = self.get("/health").expect("GET /health");
+        assert_eq!(r.status, 200, "{}", r.body);
+        serde_json::from_str(&r.body).expect("health JSON")
+    }
+
+    /// Polls `/health` over new connections until `n` distinct worker pids
+    /// have answered; returns them.
+    pub fn distinct_health_pids(&self, n: usize) -> Vec<u64> {
+        let mut seen = std::collections::BTreeSet::new();
+        eventually(&format!("{n} distinct workers answering"), PATIENCE, || {
+            if let Ok(r) = self.get("/health") {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) {
+                    if let Some(pid) = v["pid"].as_u64() {
+                        seen.insert(pid);
+                    }
+                }
+            }
+            (seen.len() >= n).then(|| seen.iter().copied().collect())
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // Workers die with the supervisor (PDEATHSIG).
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn send_signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a positive pid the test started.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// Children of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok(Response {
+        status,
+        headers: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// One request on a new connection (`Connection: close`).
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Raw bytes in, whatever comes back out (until close or timeout).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(bytes)?;
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        Err(e) if raw.is_empty() => Err(e),
+        Err(_) => Ok(raw),
+    }
+}
+
+/// A keep-alive HTTP/1.1 client: requests on one connection until the
+/// server closes it, then reconnects — as a load balancer's pool does.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+    /// Requests resent because a pooled connection had been closed idle.
+    pub stale_retries: u64,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            addr,
+            conn: None,
+            stale_retries: 0,
+        }
+    }
+
+    /// Sends `GET path`; `Ok` only for a complete response. A connection
+    /// the server closed while idle is reopened once (what every HTTP client
+    /// does for an idempotent request on a stale pooled connection).
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        let reused = self.conn.is_some();
+        match self.try_get(path) {
+            Ok(r) => Ok(r),
+            Err(e)
+                if reused
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                    ) =>
+            {
+                self.stale_retries += 1;
+                self.conn = None;
+                self.try_get(path)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> std::io::Result<Response> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        write!(conn.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if conn.read_line(&mut line)? == 0 {
+                self.conn = None;
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .ok_or_else(|| std::io::Error::other("no content-length"))?;
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body)?;
+        let close = head.to_ascii_lowercase().contains("connection: close");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if close {
+            self.conn = None;
+        }
+        Ok(Response {
+            status,
+            headers: head,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// A copy of the built binary in `dir`, for tests that replace it.
+pub fn copy_binary(dir: &Path) -> PathBuf {
+    let path = dir.join("ferricorn");
+    std::fs::copy(BIN, &path).expect("copy binary");
+    path
+}

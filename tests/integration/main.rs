@@ -1,0 +1,7 @@
+//! Integration tests: every test runs the real `ferricorn` binary with real
+//! sockets, processes and signals (see `harness`).
+
+mod config;
+mod foundation;
+mod harness;
+mod websocket;

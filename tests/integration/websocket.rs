@@ -1,0 +1,109 @@
+//! `/ws`: echo, size limit, and the close code a drain sends.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+pub async fn connect(addr: std::net::SocketAddr) -> Ws {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("websocket handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Reads until a Close frame; returns its code.
+pub async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    let read = async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame.map(|f| f.code),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("close frame in time")
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn echoes_text_and_binary_and_answers_ping() {
+    let mut server = Server::start(Options::default());
+    server.wait_ready();
+    runtime().block_on(async {
+        let mut ws = connect(server.addr).await;
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+        ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(vec![0u8, 1, 2, 255])
+        );
+        ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Pong(b"p".to_vec().into())
+        );
+    });
+}
+
+#[test]
+fn oversize_message_closes_with_1009() {
+    let mut server = Server::start(Options {
+        config: "ws_max_size = 1024".into(),
+        ..Options::default()
+    });
+    server.wait_ready();
+    runtime().block_on(async {
+        let mut ws = connect(server.addr).await;
+        ws.send(Message::text("x".repeat(1000))).await.unwrap();
+        assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+        ws.send(Message::binary(vec![7u8; 4096])).await.unwrap();
+        assert_eq!(close_code(&mut ws).await, Some(CloseCode::Size));
+    });
+    // The worker survived it.
+    assert_eq!(server.health()["status"], "healthy");
+}
+
+#[test]
+fn sigterm_closes_open_websocket_with_1001_and_exits_clean() {
+    let mut server = Server::start(Options::default());
+    server.wait_ready();
+    let workers = server.worker_pids();
+    let rt = runtime();
+    let mut ws = rt.block_on(connect(server.addr));
+    rt.block_on(async {
+        ws.send(Message::text("before")).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+    });
+    server.signal(libc::SIGTERM);
+    let code = rt.block_on(close_code(&mut ws));
+    assert_eq!(code, Some(CloseCode::Away));
+    drop(ws);
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success(), "exit {status}\n{}", server.log());
+    assert!(server
+        .notes()
+        .iter()
+        .any(|n| n.lines().any(|l| l == "STOPPING=1")));
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} still running");
+    }
+}
