@@ -2,8 +2,9 @@
 //! one line per message.
 //!
 //! Supervisor → worker: the resolved config as the first line (JSON), then
-//! the supervisor's live figures now and then (`Status`). Worker →
-//! supervisor: `ready`, `heartbeat`, `retire`. Stop requests go by signal,
+//! the supervisor's live figures ([`SupervisorStatus`], JSON) every few
+//! seconds. Worker → supervisor: `ready`, `heartbeat`, `retire`,
+//! `draining`. Stop requests go by signal,
 //! not here, so that a worker with a wedged event loop still gets them.
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,59 @@ pub enum WorkerMessage {
     /// Asks to be replaced (e.g. `max_requests` reached); keeps serving until
     /// the supervisor drains it, so capacity never dips.
     Retire(String),
+    /// Stopped accepting (drain started); finishing what is open.
+    Draining,
+}
+
+/// The supervisor's live figures: what `STATUS=` says, as data, so each
+/// worker's `/health` can show them too.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorStatus {
+    pub generation: u64,
+    pub workers_ready: usize,
+    pub workers_target: usize,
+    pub requests_per_second: f64,
+    pub connections: u64,
+    pub websockets: u64,
+    /// Workers that died or were killed unexpectedly since start.
+    pub restarts: u64,
+    /// Quick deaths of slots currently backing off.
+    pub crash_loop: u32,
+    /// Generation a reload in progress is starting, if any.
+    pub reloading_to: Option<u64>,
+    /// "ok (gen N)" or "failed: why"; `None` before the first reload.
+    pub last_reload: Option<String>,
+}
+
+impl std::fmt::Display for SupervisorStatus {
+    /// The `STATUS=` line: short enough for `systemctl status`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "gen {}: {}/{} workers ready, {:.0} req/s, {} conns, {} ws, {} restarts",
+            self.generation,
+            self.workers_ready,
+            self.workers_target,
+            self.requests_per_second,
+            self.connections,
+            self.websockets,
+            self.restarts
+        )?;
+        if self.crash_loop > 0 {
+            write!(
+                f,
+                ", crash loop ({} quick deaths, backing off)",
+                self.crash_loop
+            )?;
+        }
+        if let Some(g) = self.reloading_to {
+            write!(f, ", reloading to gen {g}")?;
+        }
+        if let Some(r) = &self.last_reload {
+            write!(f, ", last reload {r}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Longest line either side accepts; anything longer is a broken peer.
@@ -58,6 +112,7 @@ impl WorkerMessage {
                 "retire {}\n",
                 reason.replace(|c: char| c.is_whitespace(), "_")
             ),
+            WorkerMessage::Draining => "draining\n".to_owned(),
         }
     }
 
@@ -86,6 +141,8 @@ impl WorkerMessage {
             ("heartbeat", _) => Err(DecodeError::Malformed("heartbeat")),
             ("retire", [reason]) => Ok(WorkerMessage::Retire((*reason).to_owned())),
             ("retire", _) => Err(DecodeError::Malformed("retire")),
+            ("draining", []) => Ok(WorkerMessage::Draining),
+            ("draining", _) => Err(DecodeError::Malformed("draining")),
             (other, _) => Err(DecodeError::Unknown(other.chars().take(32).collect())),
         }
     }
@@ -105,6 +162,7 @@ mod tests {
                 websockets: 1,
             }),
             WorkerMessage::Retire("max_requests".into()),
+            WorkerMessage::Draining,
         ];
         for m in messages {
             let line = m.encode();

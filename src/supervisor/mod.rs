@@ -22,7 +22,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, Loader};
-use crate::control::{Counters, DecodeError, WorkerMessage};
+use crate::control::{Counters, DecodeError, SupervisorStatus, WorkerMessage};
 use crate::listen::Listener;
 use signals::{Intent, Signals};
 
@@ -41,10 +41,14 @@ const CRASH_WINDOW: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 /// Longest restart delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Quick deaths before a first start gives up with [`EXIT_BOOT_FAILURE`].
+/// Quick deaths of one slot before a first start gives up with
+/// [`EXIT_BOOT_FAILURE`].
 const BOOT_ATTEMPTS: u32 = 3;
 /// Time SIGINT/SIGQUIT give workers before SIGKILL.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(1);
+/// After a reload, how long `READY=1` waits for the old generation to say
+/// it stopped accepting (a wedged one is the heartbeat's business).
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a worker is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,13 +119,6 @@ enum Event {
     Exited(u32, std::io::Result<ExitStatus>),
 }
 
-/// Result of the last reload, for `STATUS=`.
-enum LastReload {
-    None,
-    Ok(u64),
-    Failed(String),
-}
-
 struct Supervisor {
     loader: Loader,
     exe: PathBuf,
@@ -134,8 +131,14 @@ struct Supervisor {
     backoff: HashMap<usize, Backoff>,
     events_tx: mpsc::UnboundedSender<Event>,
     restarts: u64,
-    boot_failures: u32,
-    last_reload: LastReload,
+    /// "ok (gen N)" or "FAILED: why", for `STATUS=`.
+    last_reload: Option<String>,
+    /// Old workers that have yet to confirm they stopped accepting after a
+    /// promotion; `READY=1` waits for them so that a client connecting
+    /// after it reaches the new generation.
+    quiescing: Option<(Vec<u32>, Instant)>,
+    /// Latest figures, sent to every worker for its `/health`.
+    status_tx: tokio::sync::watch::Sender<String>,
     /// Requests counted from heartbeats, for the requests/s figure.
     requests_total: u64,
     rate: (Instant, u64, f64),
@@ -181,8 +184,9 @@ pub async fn run(
         backoff: HashMap::new(),
         events_tx,
         restarts: 0,
-        boot_failures: 0,
-        last_reload: LastReload::None,
+        last_reload: None,
+        quiescing: None,
+        status_tx: tokio::sync::watch::Sender::new(String::new()),
         requests_total: 0,
         rate: (now, 0, 0.0),
         last_status: None,
@@ -376,7 +380,11 @@ impl Supervisor {
                         killed_for: None,
                     },
                 );
-                tokio::spawn(watch(spawned, self.events_tx.clone()));
+                tokio::spawn(watch(
+                    spawned,
+                    self.events_tx.clone(),
+                    self.status_tx.subscribe(),
+                ));
             }
             Err(e) => {
                 tracing::error!(slot, generation = number, error = %e, exe = %self.exe.display(), "cannot spawn worker");
@@ -405,11 +413,11 @@ impl Supervisor {
                 "worker crash loop; restart delayed"
             );
         }
-        if matches!(self.phase, Phase::Booting { .. }) && !was_ready {
-            self.boot_failures += 1;
-            if self.boot_failures >= BOOT_ATTEMPTS {
+        if matches!(self.phase, Phase::Booting { .. }) && !was_ready && deaths >= BOOT_ATTEMPTS {
+            {
                 tracing::error!(
-                    attempts = self.boot_failures,
+                    slot,
+                    attempts = deaths,
                     "no worker could start; giving up (exit code {EXIT_BOOT_FAILURE})"
                 );
                 self.give_up();
@@ -466,7 +474,7 @@ impl Supervisor {
                 if self.stopping() {
                     return;
                 }
-                if self.pending.is_some() || matches!(self.phase, Phase::Booting { .. }) {
+                if self.reloading() || matches!(self.phase, Phase::Booting { .. }) {
                     tracing::info!("reload queued until the current start or reload completes");
                     self.reload_queued = true;
                     return;
@@ -555,10 +563,8 @@ impl Supervisor {
 
     fn reload_failed(&mut self, why: String) {
         tracing::error!(reason = %why, "reload failed; previous generation keeps serving");
-        self.last_reload = LastReload::Failed(why);
-        let status = self.status_line();
-        notify::ready(&status);
-        self.last_status = Some((Instant::now(), status));
+        self.last_reload = Some(format!("FAILED: {why}"));
+        self.announce_ready();
     }
 
     fn abort_reload(&mut self, why: String) {
@@ -589,25 +595,50 @@ impl Supervisor {
             .filter(|(_, w)| w.generation != self.serving.number)
             .map(|(&pid, _)| pid)
             .collect();
-        for pid in stale {
+        for pid in stale.iter().copied() {
             self.drain(pid, "replaced by reload");
         }
         self.backoff.clear();
-        self.last_reload = LastReload::Ok(self.serving.number);
+        self.last_reload = Some(format!("ok (gen {})", self.serving.number));
         tracing::info!(
             from = old.number,
             to = self.serving.number,
-            "reload complete"
+            "new generation serving; old one draining"
         );
+        self.quiescing = Some((stale, Instant::now() + QUIESCE_TIMEOUT));
+        self.check_quiesced(Instant::now());
+    }
+
+    /// Sends the post-reload `READY=1` once the old generation has stopped
+    /// accepting (or [`QUIESCE_TIMEOUT`] passed).
+    fn check_quiesced(&mut self, now: Instant) {
+        let Some((waiting, deadline)) = &mut self.quiescing else {
+            return;
+        };
+        let workers = &self.workers;
+        waiting.retain(|pid| workers.get(pid).is_some_and(|w| w.killed_for.is_none()));
+        if waiting.is_empty() || now > *deadline {
+            self.quiescing = None;
+            tracing::info!(generation = self.serving.number, "reload complete");
+            self.announce_ready();
+            self.after_transition();
+        }
+    }
+
+    /// `READY=1` with a fresh `STATUS=`.
+    fn announce_ready(&mut self) {
         let status = self.status_line();
         notify::ready(&status);
         self.last_status = Some((Instant::now(), status));
-        self.after_transition();
+    }
+
+    fn reloading(&self) -> bool {
+        self.pending.is_some() || self.quiescing.is_some()
     }
 
     /// Runs a reload that arrived while another transition was under way.
     fn after_transition(&mut self) {
-        if self.reload_queued && self.pending.is_none() && !self.stopping() {
+        if self.reload_queued && !self.reloading() && !self.stopping() {
             self.reload_queued = false;
             self.begin_reload();
         }
@@ -659,6 +690,12 @@ impl Supervisor {
                     w.state = State::Retiring;
                 }
             }
+            WorkerMessage::Draining => {
+                if let Some((waiting, _)) = &mut self.quiescing {
+                    waiting.retain(|&p| p != pid);
+                }
+                self.check_quiesced(now);
+            }
         }
     }
 
@@ -681,10 +718,8 @@ impl Supervisor {
                 && self.slots_ready(number, self.serving.target)
             {
                 self.phase = Phase::Running;
-                let status = self.status_line();
                 tracing::info!(workers = self.serving.target, "all workers ready");
-                notify::ready(&status);
-                self.last_status = Some((Instant::now(), status));
+                self.announce_ready();
                 self.after_transition();
             }
         } else if let Some(pending) = &self.pending {
@@ -709,6 +744,7 @@ impl Supervisor {
         } else {
             tracing::error!(slot = w.slot, generation = w.generation, pid, status = %how, uptime_ms = uptime.as_millis() as u64, "worker died");
         }
+        self.check_quiesced(Instant::now());
         let expected = w.state == State::Draining && w.killed_for.is_none();
         if expected || self.stopping() {
             self.check_stopped();
@@ -804,6 +840,7 @@ impl Supervisor {
                 self.abort_reload(why);
             }
         }
+        self.check_quiesced(now);
         self.reconcile();
         self.publish_status(false);
         self.pet_watchdog(now, timeout);
@@ -832,42 +869,39 @@ impl Supervisor {
         }
     }
 
-    fn status_line(&self) -> String {
+    fn status(&self) -> SupervisorStatus {
         let number = self.serving.number;
-        let ready = self
+        let workers_ready = self
             .workers
             .values()
             .filter(|w| w.generation == number && matches!(w.state, State::Ready | State::Retiring))
             .count();
-        let (mut conns, mut ws) = (0, 0);
+        let (mut connections, mut websockets) = (0, 0);
         for w in self.workers.values() {
-            conns += w.counters.connections;
-            ws += w.counters.websockets;
+            connections += w.counters.connections;
+            websockets += w.counters.websockets;
         }
-        let mut line = format!(
-            "gen {number}: {ready}/{} workers ready, {:.0} req/s, {conns} conns, {ws} ws, {} restarts",
-            self.serving.target, self.rate.2, self.restarts
-        );
-        let looping: u32 = self
-            .backoff
-            .values()
-            .filter(|b| b.quick_deaths > 1)
-            .map(|b| b.quick_deaths)
-            .sum();
-        if looping > 0 {
-            line.push_str(&format!(
-                ", crash loop ({looping} quick deaths, backing off)"
-            ));
+        SupervisorStatus {
+            generation: number,
+            workers_ready,
+            workers_target: self.serving.target,
+            requests_per_second: self.rate.2,
+            connections,
+            websockets,
+            restarts: self.restarts,
+            crash_loop: self
+                .backoff
+                .values()
+                .filter(|b| b.quick_deaths > 1)
+                .map(|b| b.quick_deaths)
+                .sum(),
+            reloading_to: self.pending.as_ref().map(|p| p.generation.number),
+            last_reload: self.last_reload.clone(),
         }
-        if let Some(p) = &self.pending {
-            line.push_str(&format!(", reloading to gen {}", p.generation.number));
-        }
-        match &self.last_reload {
-            LastReload::None => {}
-            LastReload::Ok(g) => line.push_str(&format!(", last reload ok (gen {g})")),
-            LastReload::Failed(why) => line.push_str(&format!(", last reload FAILED: {why}")),
-        }
-        line
+    }
+
+    fn status_line(&self) -> String {
+        self.status().to_string()
     }
 
     /// Refreshes `STATUS=` every [`STATUS_INTERVAL`], or now if `changed`.
@@ -886,11 +920,15 @@ impl Supervisor {
             let rate = (self.requests_total - base) as f64 / elapsed;
             self.rate = (now, self.requests_total, rate);
         }
-        let line = self.status_line();
+        let status = self.status();
+        let line = status.to_string();
         if self.last_status.as_ref().is_some_and(|(_, l)| *l == line) && !due {
             return;
         }
         notify::status(&line);
+        if let Ok(json) = serde_json::to_string(&status) {
+            self.status_tx.send_replace(json);
+        }
         self.last_status = Some((now, line));
     }
 }
@@ -901,23 +939,42 @@ fn heartbeat_fresh(config: &Config, timeout: Duration) -> Duration {
     (crate::worker::heartbeat_interval(config.timeout) * 3).min(timeout)
 }
 
-/// Relays one worker's control messages and, at the end, its exit status.
-async fn watch(spawned: spawn::Spawned, events: mpsc::UnboundedSender<Event>) {
+/// Relays one worker's control messages and, at the end, its exit status;
+/// passes the supervisor's figures down to it.
+async fn watch(
+    spawned: spawn::Spawned,
+    events: mpsc::UnboundedSender<Event>,
+    mut status: tokio::sync::watch::Receiver<String>,
+) {
     let spawn::Spawned {
         pid,
         mut child,
         control,
     } = spawned;
-    let (read_half, _write_half) = control.into_split();
+    let (read_half, write_half) = control.into_split();
     let mut lines = tokio::io::BufReader::new(read_half).lines();
-    // EOF comes when the worker exits (nothing else holds its end).
-    while let Ok(Some(line)) = lines.next_line().await {
-        let event = match WorkerMessage::decode(&line) {
-            Ok(m) => Event::Message(pid, m),
-            Err(e) => Event::BadMessage(pid, e),
-        };
-        if events.send(event).is_err() {
-            return;
+    status.mark_changed();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                // EOF comes when the worker exits (nothing else holds its end).
+                let Ok(Some(line)) = line else { break };
+                let event = match WorkerMessage::decode(&line) {
+                    Ok(m) => Event::Message(pid, m),
+                    Err(e) => Event::BadMessage(pid, e),
+                };
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+            Ok(()) = status.changed() => {
+                let line = format!("{}\n", *status.borrow_and_update());
+                // Never wait on a wedged worker: a figure it misses is stale
+                // in two seconds anyway.
+                if line.len() > 1 {
+                    let _ = write_half.try_write(line.as_bytes());
+                }
+            }
         }
     }
     let status = child.wait().await;

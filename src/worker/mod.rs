@@ -25,7 +25,7 @@ pub use drain::{Drain, DrainReason, CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART};
 use drain::{Kind, Open, Stats};
 
 use crate::config::Config;
-use crate::control::{self, WorkerMessage};
+use crate::control::{self, SupervisorStatus, WorkerMessage};
 use crate::logging::{self, Role};
 use crate::sys::{self, CONTROL_FD, FIRST_LISTENER_FD};
 
@@ -51,6 +51,8 @@ pub struct WorkerContext {
     pub config: Arc<Config>,
     pub drain: Arc<Drain>,
     stats: Arc<Stats>,
+    /// The supervisor's latest figures, as it last sent them.
+    supervisor: Arc<std::sync::RwLock<Option<SupervisorStatus>>>,
     control: mpsc::UnboundedSender<WorkerMessage>,
     /// Requests after which this worker asks to be replaced; 0 never.
     retire_after: u64,
@@ -64,6 +66,17 @@ impl WorkerContext {
     /// Call when a WebSocket is accepted; drop the guard when it closes.
     pub fn open_websocket(&self) -> WebSocketGuard {
         WebSocketGuard(Open::new(self.stats.clone(), &self.drain, Kind::WebSocket))
+    }
+
+    /// The supervisor's live figures (generation, workers ready, requests/s,
+    /// restarts, last reload), refreshed every few seconds.
+    pub fn supervisor_status(&self) -> Option<SupervisorStatus> {
+        self.supervisor.read().ok().and_then(|s| s.clone())
+    }
+
+    /// This worker's own counters.
+    pub fn counters(&self) -> control::Counters {
+        self.stats.snapshot()
     }
 
     fn open_connection(&self) -> Open {
@@ -210,6 +223,7 @@ async fn serve(
         config: Arc::new(config),
         drain: Arc::new(Drain::default()),
         stats: Arc::new(Stats::default()),
+        supervisor: Arc::default(),
         control: to_supervisor.clone(),
         retire_after,
     };
@@ -227,9 +241,19 @@ async fn serve(
             }
         }
     });
+    let figures = ctx.supervisor.clone();
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(read_half).lines();
-        while let Ok(Some(_status)) = lines.next_line().await {}
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<SupervisorStatus>(&line) {
+                Ok(status) => {
+                    if let Ok(mut slot) = figures.write() {
+                        *slot = Some(status);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "bad status line from supervisor"),
+            }
+        }
         std::process::exit(0);
     });
 
@@ -275,6 +299,7 @@ async fn serve(
     // Accept loops end on drain; their listeners close with them, in this
     // process only: the other workers and systemd keep the socket.
     while accept_loops.join_next().await.is_some() {}
+    let _ = to_supervisor.send(WorkerMessage::Draining);
     let open = ctx.stats.snapshot();
     tracing::info!(
         connections = open.connections,
