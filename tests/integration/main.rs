@@ -4,4 +4,5 @@
 mod config;
 mod foundation;
 mod harness;
+mod lifecycle;
 mod websocket;
