@@ -223,7 +223,12 @@ fn secs(s: f64) -> Duration {
 
 /// Builds generation `number` from `config` and the binary on disk now.
 fn generation(number: u64, config: Config, exe: &std::path::Path) -> Result<Generation, String> {
+    let hashing = Instant::now();
     let build = spawn::build_id(exe).map_err(|e| format!("cannot read {}: {e}", exe.display()))?;
+    tracing::debug!(
+        ms = hashing.elapsed().as_millis() as u64,
+        "hashed executable"
+    );
     let config_line =
         serde_json::to_string(&config).map_err(|e| format!("cannot encode config: {e}"))?;
     Ok(Generation {

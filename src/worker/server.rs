@@ -8,16 +8,18 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
-use hyper::Request;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tower::Service;
 
 use super::WorkerContext;
@@ -29,6 +31,20 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per this interval while accept keeps failing.
 const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// On drain, how long an idle connection (just accepted, or kept alive
+/// between requests) is given for a request that may already be on its
+/// way. hyper's graceful shutdown closes such a connection at once, and a
+/// request the client sent in that instant would be lost; within the linger
+/// it is served with `Connection: close` instead. Capped by `keepalive`.
+const DRAIN_LINGER: Duration = Duration::from_secs(1);
+
+/// Whether a request is being served on a connection, and a wake-up when
+/// one starts.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicBool,
+    started: Notify,
+}
 
 /// Accepts until the worker drains; each connection runs on the drain's
 /// tracker so the worker waits for it.
@@ -87,15 +103,29 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
     let access_log = ctx.config.access_log;
     let keepalive = Duration::from_secs_f64(ctx.config.keepalive);
     let request_ctx = ctx.clone();
+    let activity = Arc::new(Activity::default());
+    let request_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let mut router = router.clone();
         let ctx = request_ctx.clone();
+        let activity = request_activity.clone();
+        activity.in_flight.store(true, Ordering::SeqCst);
+        activity.started.notify_waiters();
         async move {
             let started = Instant::now();
             let method = request.method().clone();
             let path = request.uri().path().to_owned();
-            let response = router.call(request).await?;
+            let mut response = router.call(request).await?;
+            activity.in_flight.store(false, Ordering::SeqCst);
             ctx.request_done();
+            // Draining: this is the connection's last response. Saying so
+            // lets the client open a new connection (to a live worker)
+            // rather than find this one closed under its next request.
+            if ctx.drain.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             if access_log {
                 let status = response.status().as_u16();
                 tracing::info!(
@@ -125,7 +155,22 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
     tokio::select! {
         _ = connection.as_mut() => {}
         () = ctx.drain.draining() => {
-            // Finish the request in flight, then close; idle ones close now.
+            let request = activity.started.notified();
+            tokio::pin!(request);
+            request.as_mut().enable();
+            if !activity.in_flight.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    // Its response says `Connection: close`; hyper closes after.
+                    () = request => {
+                        let _ = connection.await;
+                        return;
+                    }
+                    () = tokio::time::sleep(DRAIN_LINGER.min(keepalive)) => {}
+                }
+            }
+            // Finish the request in flight (answered with `Connection:
+            // close`), then close; an idle connection closes now.
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }

@@ -169,7 +169,7 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("FERRICORN_TEST_ECHO").is_some() {
+                if std::env::var_os("ECHO_SERVER_LOG").is_some() {
                     eprintln!("{line}");
                 }
                 let mut log = sink.lock().expect("log lock");
@@ -439,7 +439,9 @@ impl KeepAlive {
                 if reused
                     && matches!(
                         e.kind(),
-                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
                     ) =>
             {
                 self.stale_retries += 1;
