@@ -212,6 +212,7 @@ pub async fn run(
             _ = tick.tick() => sup.on_tick(),
         }
         if let Some(code) = sup.exit.take() {
+            notify::flush();
             return code;
         }
     }

@@ -151,14 +151,9 @@ fn invalid_listen_fds_are_refused() {
             .arg(BIN)
             .env_remove("NOTIFY_SOCKET");
         if let Some(fd) = fd3 {
-            // SAFETY: dup2 only, between fork and exec.
+            // SAFETY: dup2/fcntl only, between fork and exec.
             unsafe {
-                cmd.pre_exec(move || {
-                    if libc::dup2(fd, 3) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(move || move_to_fd3(fd));
             }
         }
         let out = cmd.output().unwrap();

@@ -76,15 +76,16 @@ pub struct Server {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    notify: UnixDatagram,
-    /// Every datagram received on NOTIFY_SOCKET so far.
+    /// Every datagram received on NOTIFY_SOCKET so far, read by a thread as
+    /// promptly as systemd would (the socket queue holds only 10).
+    received: Arc<Mutex<Vec<String>>>,
     notes: Vec<String>,
     log: Arc<Mutex<String>>,
     exited: Option<ExitStatus>,
 }
 
 /// In the child before exec: put `fd` at 3 without close-on-exec.
-fn move_to_fd3(fd: RawFd) -> std::io::Result<()> {
+pub fn move_to_fd3(fd: RawFd) -> std::io::Result<()> {
     // SAFETY: dup2 and fcntl are async-signal-safe; integers only.
     unsafe {
         if fd == 3 {
@@ -126,9 +127,17 @@ impl Server {
         std::fs::write(&config_path, config).expect("write config");
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("timeout");
+        let received: Arc<Mutex<Vec<String>>> = Arc::default();
+        let inbox = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            // Ends when the test drops the server and its temp dir... or at
+            // process exit; a blocked recv holds nothing else.
+            while let Ok(n) = notify.recv(&mut buf) {
+                let note = String::from_utf8_lossy(&buf[..n]).into_owned();
+                inbox.lock().expect("notes lock").push(note);
+            }
+        });
 
         let exe = opts.exe.clone().unwrap_or_else(|| PathBuf::from(BIN));
         let mut cmd = Command::new("sh");
@@ -182,7 +191,7 @@ impl Server {
             addr,
             dir,
             config_path,
-            notify,
+            received,
             notes: Vec::new(),
             log,
             exited: None,
@@ -199,18 +208,20 @@ impl Server {
 
     /// Waits until the log contains `needle`.
     pub fn wait_log(&self, needle: &str) {
-        eventually(&format!("log line {needle:?}"), PATIENCE, || {
-            self.log().contains(needle).then_some(())
-        });
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no log line {needle:?} after {PATIENCE:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
-    /// Reads whatever datagrams arrived.
+    /// Takes whatever datagrams arrived.
     fn pump_notify(&mut self) {
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = self.notify.recv(&mut buf) {
-            self.notes
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
+        self.notes = self.received.lock().expect("notes lock").clone();
     }
 
     /// All sd_notify datagrams so far.
@@ -240,8 +251,11 @@ impl Server {
                 self.notes,
                 self.log()
             );
+            std::thread::sleep(Duration::from_millis(10));
             self.pump_notify();
             if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader thread take the last datagrams.
+                std::thread::sleep(Duration::from_millis(100));
                 self.pump_notify();
                 if !self
                     .notes
