@@ -75,6 +75,12 @@ pub struct Config {
     pub worker_connections: usize,
     /// Largest WebSocket message accepted, in bytes; larger closes with 1009.
     pub ws_max_size: usize,
+    /// Memory (bytes, or "512M") above which a worker is recycled
+    /// gracefully; 0 never.
+    pub memory_high: ByteSize,
+    /// Hard memory limit per worker (bytes, or "1G"), enforced by the
+    /// kernel in the worker's own cgroup; 0 none.
+    pub memory_max: ByteSize,
     /// One log event per request.
     pub access_log: bool,
     /// Least severe level logged.
@@ -98,6 +104,8 @@ impl Default for Config {
             max_requests_jitter: 0,
             worker_connections: 1000,
             ws_max_size: DEFAULT_WS_MAX_SIZE,
+            memory_high: ByteSize(0),
+            memory_max: ByteSize(0),
             access_log: true,
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
@@ -149,6 +157,56 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// A size in bytes, written as a number or with a K, M, G or T suffix
+/// (powers of 1024, as systemd's `MemoryMax=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
+pub struct ByteSize(pub u64);
+
+impl From<ByteSize> for u64 {
+    fn from(b: ByteSize) -> u64 {
+        b.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like 512M"))?;
+        let shift = match unit.trim() {
+            "" => 0,
+            "K" | "k" => 10,
+            "M" | "m" => 20,
+            "G" | "g" => 30,
+            "T" | "t" => 40,
+            other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+        };
+        n.checked_mul(1u64 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -279,6 +337,15 @@ fn describe(figment: &Figment, errors: figment::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_units() {
+        assert_eq!("512".parse(), Ok(ByteSize(512)));
+        assert_eq!("64M".parse(), Ok(ByteSize(64 << 20)));
+        assert_eq!("1G".parse(), Ok(ByteSize(1 << 30)));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("99999999999T".parse::<ByteSize>().is_err());
+    }
 
     #[test]
     fn defaults_are_valid() {

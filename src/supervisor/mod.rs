@@ -7,6 +7,7 @@
 //! tick that enforces deadlines (boot, heartbeat, drain), restarts slots
 //! whose backoff has passed, and refreshes `STATUS=` and the watchdog.
 
+mod cgroup;
 mod notify;
 mod signals;
 mod spawn;
@@ -46,6 +47,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const BOOT_ATTEMPTS: u32 = 3;
 /// Time SIGINT/SIGQUIT give workers before SIGKILL.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(1);
+/// How often worker memory is compared with `memory_high`.
+const MEMORY_INTERVAL: Duration = Duration::from_secs(1);
 /// After a reload, how long `READY=1` waits for the old generation to say
 /// it stopped accepting (a wedged one is the heartbeat's business).
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -76,6 +79,8 @@ struct Worker {
     counters: Counters,
     /// Why the supervisor killed it, for the exit log line.
     killed_for: Option<String>,
+    /// Its own cgroup, when the subtree is delegated.
+    cgroup: Option<PathBuf>,
 }
 
 /// One generation's settings: a reload builds a new one.
@@ -144,6 +149,9 @@ struct Supervisor {
     rate: (Instant, u64, f64),
     last_status: Option<(Instant, String)>,
     watchdog: Option<(Duration, Instant)>,
+    /// The delegated cgroup subtree, if systemd gave us one.
+    cgroups: Option<cgroup::Subtree>,
+    next_memory_check: Instant,
     exit: Option<ExitCode>,
 }
 
@@ -191,8 +199,11 @@ pub async fn run(
         rate: (now, 0, 0.0),
         last_status: None,
         watchdog: notify::watchdog_interval().map(|d| (d / 2, now)),
+        cgroups: None,
+        next_memory_check: now,
         exit: None,
     };
+    sup.cgroups = setup_cgroups(&sup.serving.config);
     let names: Vec<&str> = sup.listeners.iter().map(|l| l.name.as_str()).collect();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -214,6 +225,32 @@ pub async fn run(
         if let Some(code) = sup.exit.take() {
             notify::flush();
             return code;
+        }
+    }
+}
+
+/// Takes the delegated cgroup subtree if there is one, and says once in the
+/// log what memory limits can and cannot do here.
+fn setup_cgroups(config: &Config) -> Option<cgroup::Subtree> {
+    let (high, max) = (config.memory_high.0, config.memory_max.0);
+    match cgroup::Subtree::setup(true) {
+        Ok(subtree) => {
+            tracing::info!(
+                memory_controller = subtree.has_memory(),
+                "workers run in cgroups of their own (worker-<slot>)"
+            );
+            if !subtree.has_memory() && (high > 0 || max > 0) {
+                tracing::warn!("no memory controller delegated: memory_max is not enforced, memory_high uses RSS from /proc");
+            }
+            Some(subtree)
+        }
+        Err(why) => {
+            if max > 0 {
+                tracing::warn!(reason = %why, "no per-worker cgroups: memory_max is not enforced; memory_high uses RSS from /proc");
+            } else {
+                tracing::info!(reason = %why, "no per-worker cgroups; worker memory measured from /proc");
+            }
+            None
         }
     }
 }
@@ -354,6 +391,17 @@ impl Supervisor {
             (Some(p), true) => &p.generation,
             _ => &self.serving,
         };
+        let number = generation.number;
+        let cgroup = match &self.cgroups {
+            Some(subtree) => match subtree.worker(slot, generation.config.memory_max.0) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(slot, error = %e, "cannot create worker cgroup; starting it in the supervisor's");
+                    None
+                }
+            },
+            None => None,
+        };
         let request = spawn::SpawnRequest {
             exe: &self.exe,
             slot,
@@ -361,10 +409,11 @@ impl Supervisor {
             build: &generation.build,
             listeners: &fds,
             config_line: &generation.config_line,
-            cgroup_procs: None,
+            cgroup_procs: cgroup.as_ref().map(|cg| cg.procs.as_raw_fd()),
         };
-        let number = generation.number;
-        match spawn::spawn(&request) {
+        let spawned = spawn::spawn(&request);
+        let cgroup = cgroup.map(|cg| cg.path);
+        match spawned {
             Ok(spawned) => {
                 let now = Instant::now();
                 tracing::info!(
@@ -384,6 +433,7 @@ impl Supervisor {
                         drain_deadline: None,
                         counters: Counters::default(),
                         killed_for: None,
+                        cgroup,
                     },
                 );
                 tokio::spawn(watch(
@@ -393,6 +443,9 @@ impl Supervisor {
                 ));
             }
             Err(e) => {
+                if let Some(path) = &cgroup {
+                    cgroup::remove(path);
+                }
                 tracing::error!(slot, generation = number, error = %e, exe = %self.exe.display(), "cannot spawn worker");
                 if pending {
                     self.abort_reload(format!("cannot spawn worker: {e}"));
@@ -687,21 +740,26 @@ impl Supervisor {
                 );
                 self.on_ready(slot, number);
             }
-            WorkerMessage::Retire(reason) => {
-                let replaceable = w.state == State::Ready
-                    && w.generation == self.serving.number
-                    && !matches!(self.phase, Phase::Stopping { .. });
-                if replaceable {
-                    tracing::info!(slot = w.slot, pid, %reason, "worker asks to be replaced; starting its successor first");
-                    w.state = State::Retiring;
-                }
-            }
+            WorkerMessage::Retire(reason) => self.retire(pid, &reason),
             WorkerMessage::Draining => {
                 if let Some((waiting, _)) = &mut self.quiescing {
                     waiting.retain(|&p| p != pid);
                 }
                 self.check_quiesced(now);
             }
+        }
+    }
+
+    /// Replaces a worker gracefully: its successor starts now (reconcile
+    /// sees the slot unfilled) and it drains once the successor is ready.
+    fn retire(&mut self, pid: u32, reason: &str) {
+        let stopping = self.stopping();
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if w.state == State::Ready && w.generation == self.serving.number && !stopping {
+            tracing::info!(slot = w.slot, pid, %reason, "worker to be replaced; starting its successor first");
+            w.state = State::Retiring;
         }
     }
 
@@ -741,8 +799,14 @@ impl Supervisor {
         let Some(w) = self.workers.remove(&pid) else {
             return;
         };
-        let how = describe(&status);
+        let mut how = describe(&status);
         let uptime = w.started.elapsed();
+        if let Some(path) = &w.cgroup {
+            if cgroup::oom_kills(path) > 0 {
+                how.push_str(", killed by the kernel OOM killer at memory_max");
+            }
+            cgroup::remove(path);
+        }
         if let Some(why) = &w.killed_for {
             tracing::warn!(slot = w.slot, generation = w.generation, pid, status = %how, reason = %why, "worker killed");
         } else if w.state == State::Draining {
@@ -847,9 +911,34 @@ impl Supervisor {
             }
         }
         self.check_quiesced(now);
+        if now >= self.next_memory_check {
+            self.next_memory_check = now + MEMORY_INTERVAL;
+            self.check_memory();
+        }
         self.reconcile();
         self.publish_status(false);
         self.pet_watchdog(now, timeout);
+    }
+
+    /// Recycles (gracefully) every serving worker above `memory_high`.
+    fn check_memory(&mut self) {
+        let high = self.serving.config.memory_high.0;
+        if high == 0 {
+            return;
+        }
+        let over: Vec<(u32, u64)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == State::Ready)
+            .filter_map(|(&pid, w)| {
+                let used = cgroup::memory_usage(w.cgroup.as_deref(), pid)?;
+                (used > high).then_some((pid, used))
+            })
+            .collect();
+        for (pid, used) in over {
+            tracing::warn!(pid, used, memory_high = high, "worker above memory_high");
+            self.retire(pid, "memory_high");
+        }
     }
 
     /// `WATCHDOG=1` only while some worker heartbeats: a supervisor whose

@@ -1,0 +1,11 @@
+# ferricorn %post ($1 = number of versions installed after this one).
+# Install: create the user, enable the socket as the preset says. Upgrade:
+# reload the running service into the new binary; never restart the socket.
+systemd-sysusers ferricorn.conf || :
+systemctl daemon-reload >/dev/null 2>&1 || :
+if [ "$1" -eq 1 ]; then
+    systemctl --no-reload preset ferricorn.socket >/dev/null 2>&1 || :
+elif systemctl --quiet is-active ferricorn.service; then
+    systemctl reload ferricorn.service ||
+        echo "ferricorn: reload after upgrade failed; the previous code keeps serving (journalctl -u ferricorn)" >&2
+fi
