@@ -686,9 +686,18 @@ impl Supervisor {
 
     /// `READY=1` with a fresh `STATUS=`.
     fn announce_ready(&mut self) {
-        let status = self.status_line();
-        notify::ready(&status);
-        self.last_status = Some((Instant::now(), status));
+        let status = self.status();
+        let line = status.to_string();
+        notify::ready(&line);
+        self.broadcast(&status);
+        self.last_status = Some((Instant::now(), line));
+    }
+
+    /// Sends the figures to every worker, for its `/health`.
+    fn broadcast(&self, status: &SupervisorStatus) {
+        if let Ok(json) = serde_json::to_string(status) {
+            self.status_tx.send_replace(json);
+        }
     }
 
     fn reloading(&self) -> bool {
@@ -995,10 +1004,6 @@ impl Supervisor {
         }
     }
 
-    fn status_line(&self) -> String {
-        self.status().to_string()
-    }
-
     /// Refreshes `STATUS=` every [`STATUS_INTERVAL`], or now if `changed`.
     fn publish_status(&mut self, changed: bool) {
         let now = Instant::now();
@@ -1021,9 +1026,7 @@ impl Supervisor {
             return;
         }
         notify::status(&line);
-        if let Ok(json) = serde_json::to_string(&status) {
-            self.status_tx.send_replace(json);
-        }
+        self.broadcast(&status);
         self.last_status = Some((now, line));
     }
 }

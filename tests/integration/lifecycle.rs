@@ -406,3 +406,20 @@ fn watchdog_stops_when_all_workers_are_wedged() {
         (pets(&mut server) > withheld_at).then_some(())
     });
 }
+
+#[test]
+fn health_carries_the_supervisor_figures() {
+    let mut server = Server::start(Options::default());
+    server.wait_ready();
+    let health = server.health();
+    let figures = &health["supervisor"];
+    assert_eq!(figures["generation"], 1, "{health}");
+    assert_eq!(figures["workers_target"], 2, "{health}");
+    assert_eq!(figures["workers_ready"], 2, "{health}");
+    assert_eq!(figures["restarts"], 0, "{health}");
+    assert!(figures["requests_per_second"].as_f64().is_some(), "{health}");
+    assert!(health["counters"]["requests"].as_u64().is_some(), "{health}");
+    // The same figures as STATUS=.
+    let status = server.status().unwrap();
+    assert!(status.starts_with("gen 1: 2/2 workers ready"), "{status}");
+}
