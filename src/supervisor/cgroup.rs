@@ -102,7 +102,8 @@ impl Subtree {
         }
         std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
             .map_err(|e| format!("cannot move into {}: {e}", leaf.display()))?;
-        let available = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+        let available =
+            std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
         let memory = want_memory
             && available.split_whitespace().any(|c| c == "memory")
             && std::fs::write(base.join("cgroup.subtree_control"), "+memory").is_ok();

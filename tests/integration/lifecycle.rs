@@ -265,7 +265,7 @@ fn max_requests_recycles_workers_without_failures() {
     let (ok, failed, stale, errors) = load.finish();
     eprintln!("recycling: {ok} ok, {failed} failed, {stale} stale keep-alive retries");
     assert_eq!(failed, 0, "{errors:?}");
-    server.wait_log("worker asks to be replaced");
+    server.wait_log("worker to be replaced");
     server.wait_log("successor ready");
     let now = pid_set(&server);
     assert!(
@@ -417,9 +417,38 @@ fn health_carries_the_supervisor_figures() {
     assert_eq!(figures["workers_target"], 2, "{health}");
     assert_eq!(figures["workers_ready"], 2, "{health}");
     assert_eq!(figures["restarts"], 0, "{health}");
-    assert!(figures["requests_per_second"].as_f64().is_some(), "{health}");
-    assert!(health["counters"]["requests"].as_u64().is_some(), "{health}");
+    assert!(
+        figures["requests_per_second"].as_f64().is_some(),
+        "{health}"
+    );
+    assert!(
+        health["counters"]["requests"].as_u64().is_some(),
+        "{health}"
+    );
     // The same figures as STATUS=.
     let status = server.status().unwrap();
     assert!(status.starts_with("gen 1: 2/2 workers ready"), "{status}");
+}
+
+/// Outside a delegated cgroup the supervisor measures each worker's RSS
+/// from /proc; past `memory_high` the worker is replaced gracefully.
+#[test]
+fn memory_high_recycles_gracefully_from_rss() {
+    let mut server = Server::start(Options {
+        // Below any worker's resident set: every worker is over it.
+        config: "memory_high = \"1M\"".into(),
+        ..Options::default()
+    });
+    server.wait_ready();
+    let first = pid_set(&server);
+    let load = Load::start(server.addr, 2);
+    server.wait_log("worker above memory_high");
+    server.wait_log("successor ready");
+    eventually("a worker replaced", PATIENCE, || {
+        (!pid_set(&server).is_superset(&first)).then_some(())
+    });
+    load.wait_more(200);
+    let (_, failed, _, errors) = load.finish();
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(server.log().contains("worker memory measured from /proc"));
 }
