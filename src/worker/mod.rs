@@ -6,6 +6,7 @@
 //! drains with 1012 (replaced by a reload, recycle or scale-down); SIGINT and
 //! SIGQUIT exit at once.
 
+mod access;
 mod drain;
 mod server;
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 pub use drain::{Drain, DrainReason, CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART};
 use drain::{Kind, Open, Stats};
@@ -56,16 +57,30 @@ pub struct WorkerContext {
     control: mpsc::UnboundedSender<WorkerMessage>,
     /// Requests after which this worker asks to be replaced; 0 never.
     retire_after: u64,
+    /// `worker_connections` slots, taken before accept; a WebSocket takes
+    /// one of its own, since its HTTP connection's slot goes with the upgrade.
+    slots: Arc<Semaphore>,
+    /// Where request records go, when `access_log` is on.
+    access_log: Option<Arc<access::AccessLog>>,
 }
 
-/// Holds a WebSocket open in the counters and keeps the drain waiting.
+/// Holds a WebSocket open: in the counters, in a connection slot, and in
+/// what the drain waits for.
 #[derive(Debug)]
-pub struct WebSocketGuard(#[allow(dead_code)] Open);
+pub struct WebSocketGuard {
+    _open: Open,
+    /// None when every slot is taken at the moment of the upgrade: the
+    /// socket is already accepted, so it is served rather than refused.
+    _slot: Option<OwnedSemaphorePermit>,
+}
 
 impl WorkerContext {
     /// Call when a WebSocket is accepted; drop the guard when it closes.
     pub fn open_websocket(&self) -> WebSocketGuard {
-        WebSocketGuard(Open::new(self.stats.clone(), &self.drain, Kind::WebSocket))
+        WebSocketGuard {
+            _open: Open::new(self.stats.clone(), &self.drain, Kind::WebSocket),
+            _slot: self.slots.clone().try_acquire_owned().ok(),
+        }
     }
 
     /// The supervisor's live figures (generation, workers ready, requests/s,
@@ -209,6 +224,17 @@ async fn serve(
     };
     let (read_half, mut write_half) = control.into_split();
     let (to_supervisor, mut outbox) = mpsc::unbounded_channel::<WorkerMessage>();
+    let worker_connections = config.worker_connections;
+    let access_log = match config.access_log {
+        true => match access::AccessLog::start() {
+            Ok(log) => Some(Arc::new(log)),
+            Err(e) => {
+                tracing::error!("cannot start the access-log thread: {e}; access log off");
+                None
+            }
+        },
+        false => None,
+    };
     let retire_after = match config.max_requests {
         0 => 0,
         n => n + jitter(config.max_requests_jitter),
@@ -226,6 +252,8 @@ async fn serve(
         supervisor: Arc::default(),
         control: to_supervisor.clone(),
         retire_after,
+        slots: Arc::new(Semaphore::new(worker_connections)),
+        access_log,
     };
 
     // The supervisor gone means nobody will ever drain us: exit. (PDEATHSIG

@@ -16,14 +16,14 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tower::Service;
 
+use super::access::AccessRecord;
 use super::WorkerContext;
-use crate::logging::ACCESS_TARGET;
 
 /// First pause after an accept error that a retry cannot fix at once
 /// (descriptor table full, no memory); doubles up to [`ACCEPT_BACKOFF_MAX`].
@@ -49,7 +49,7 @@ struct Activity {
 /// Accepts until the worker drains; each connection runs on the drain's
 /// tracker so the worker waits for it.
 pub async fn accept_loop(listener: TcpListener, ctx: WorkerContext, router: Router) {
-    let slots = Arc::new(Semaphore::new(ctx.config.worker_connections));
+    let slots = ctx.slots.clone();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut last_error_log: Option<Instant> = None;
     loop {
@@ -100,7 +100,6 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
     let _open = ctx.open_connection();
     // Responses are small; waiting for Nagle costs a round trip.
     let _ = stream.set_nodelay(true);
-    let access_log = ctx.config.access_log;
     let keepalive = Duration::from_secs_f64(ctx.config.keepalive);
     let request_ctx = ctx.clone();
     let activity = Arc::new(Activity::default());
@@ -113,11 +112,22 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
         activity.started.notify_waiters();
         async move {
             let started = Instant::now();
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
+            let (method, path) = match ctx.access_log {
+                Some(_) => (request.method().clone(), request.uri().path().to_owned()),
+                None => (Method::GET, String::new()),
+            };
             let mut response = router.call(request).await?;
             activity.in_flight.store(false, Ordering::SeqCst);
             ctx.request_done();
+            if let Some(log) = &ctx.access_log {
+                log.record(AccessRecord {
+                    method,
+                    path,
+                    status: response.status().as_u16(),
+                    duration_us: started.elapsed().as_micros() as u64,
+                    peer,
+                });
+            }
             // Draining: this is the connection's last response. Saying so
             // lets the client open a new connection (to a live worker)
             // rather than find this one closed under its next request.
@@ -125,18 +135,6 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            if access_log {
-                let status = response.status().as_u16();
-                tracing::info!(
-                    target: ACCESS_TARGET,
-                    method = %method,
-                    path = %path,
-                    status,
-                    duration_us = started.elapsed().as_micros() as u64,
-                    peer = %peer,
-                    "{method} {path} {status}"
-                );
             }
             Ok::<_, Infallible>(response)
         }

@@ -1,0 +1,494 @@
+#!/usr/bin/env python3
+"""The benchmark behind scripts/bench: ferricorn against bare axum,
+Gunicorn + UvicornWorker, plain Uvicorn and nginx, on loopback, in one run,
+with the same load generators. Prints markdown tables with ratios and
+writes them to target/bench/results.md.
+
+Run through scripts/bench (it installs wrk, nginx and the Python venv).
+Every load run is bounded in time; only 127.0.0.1 is targeted.
+"""
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FERRICORN = ROOT / "target/release/ferricorn"
+BARE = ROOT / "target/release/examples/bare_axum"
+WSLOAD = ROOT / "target/release/examples/wsload"
+VENV = Path(os.environ.get("BENCH_VENV", "/var/tmp/ferricorn-bench-venv"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "4"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+CORES = os.cpu_count() or 2
+TICK = os.sysconf("SC_CLK_TCK")
+SERVER_CORE, CLIENT_CORE = "0", "1"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                kids = Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                todo.extend(int(k) for k in kids)
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError):
+            pass
+    return total / TICK
+
+
+def rss_kib(pid):
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE // 1024
+    except OSError:
+        return 0
+
+
+def raise_nofile():
+    """As many descriptors as the hard limit allows (10,000 idle WebSockets)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_http(port, limit=30):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server on {port} never answered")
+
+
+class Server:
+    """One server under test, started (optionally pinned) and stopped."""
+
+    def __init__(self, name, kind, workers=1, access_log=False, extra=None):
+        self.name, self.kind, self.workers = name, kind, workers
+        self.access_log, self.extra = access_log, extra or {}
+        self.proc = None
+        self.tmp = None
+
+    def start(self, pinned):
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix="ferricorn-bench-")
+        addr = f"127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        for k in list(env):
+            if k.startswith("FERRICORN_"):
+                del env[k]
+        pin = ["taskset", "-c", SERVER_CORE] if pinned else []
+        if self.kind == "ferricorn":
+            notify = os.path.join(self.tmp, "notify")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(notify)
+            env["NOTIFY_SOCKET"] = notify
+            env["FERRICORN_ACCESS_LOG"] = "true" if self.access_log else "false"
+            for k, v in self.extra.items():
+                env[f"FERRICORN_{k.upper()}"] = str(v)
+            cmd = pin + [str(FERRICORN), "--config", "/dev/null", "--bind", addr,
+                         "--workers", str(self.workers), "serve"]
+            log = open(os.path.join(self.tmp, "log"), "w")
+            started = time.monotonic()
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log,
+                                         preexec_fn=raise_nofile)
+            sock.settimeout(30)
+            while True:
+                if b"READY=1" in sock.recv(4096):
+                    break
+            self.startup_ms = (time.monotonic() - started) * 1000
+            sock.close()
+        else:
+            if self.kind == "bare":
+                cmd = [str(BARE), addr]
+            elif self.kind == "gunicorn":
+                cmd = [str(VENV / "bin/gunicorn"), "-w", str(self.workers), "-k",
+                       "uvicorn.workers.UvicornWorker", "--bind", addr, "--chdir",
+                       str(ROOT / "scripts"), "--log-level", "warning", "bench_fastapi:app"]
+            elif self.kind == "uvicorn":
+                cmd = [str(VENV / "bin/uvicorn"), "--app-dir", str(ROOT / "scripts"),
+                       "--host", "127.0.0.1", "--port", str(self.port), "--log-level",
+                       "warning", "--no-access-log", "bench_fastapi:app"]
+            elif self.kind == "nginx":
+                conf = os.path.join(self.tmp, "nginx.conf")
+                body = json.dumps({"status": "healthy", "version": "0.1.0", "build": "nginx",
+                                   "pid": 0, "worker": 1, "generation": 1}, separators=(",", ":"))
+                Path(conf).write_text(f"""
+daemon off;
+worker_processes {self.workers};
+error_log {self.tmp}/error.log;
+pid {self.tmp}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.tmp};
+    proxy_temp_path {self.tmp};
+    fastcgi_temp_path {self.tmp};
+    uwsgi_temp_path {self.tmp};
+    scgi_temp_path {self.tmp};
+    keepalive_requests 1000000;
+    server {{
+        listen {addr} backlog=2048;
+        location /health {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+""")
+                cmd = ["nginx", "-c", conf, "-p", self.tmp]
+            self.proc = subprocess.Popen(pin + cmd, env=env, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+            wait_http(self.port)
+        time.sleep(0.3)
+        return self
+
+    def pids(self):
+        return tree(self.proc.pid)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if self.kind != "nginx" else signal.SIGQUIT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                for p in reversed(self.pids()):
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except OSError:
+                        pass
+                self.proc.wait()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wrk(port, conns, pinned, close=False, duration=DURATION):
+    threads = 1 if pinned else 2
+    cmd = (["taskset", "-c", CLIENT_CORE] if pinned else []) + [
+        "wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency",
+        f"http://127.0.0.1:{port}/health"]
+    if close:
+        cmd[-1:-1] = ["-H", "Connection: close"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    res = {"requests": 0, "rps": 0.0, "p50": 0.0, "p99": 0.0, "errors": 0}
+    for line in out.splitlines():
+        parts = line.split()
+        if "requests in" in line:
+            res["requests"] = int(parts[0])
+        elif line.startswith("Requests/sec:"):
+            res["rps"] = float(parts[1])
+        elif line.strip().startswith("50%"):
+            res["p50"] = to_ms(parts[1])
+        elif line.strip().startswith("99%"):
+            res["p99"] = to_ms(parts[1])
+        elif "Socket errors" in line:
+            nums = [int(x.strip(",")) for x in parts if x.strip(",").isdigit()]
+            res["errors"] += sum(nums)
+        elif "Non-2xx" in line:
+            res["errors"] += int(parts[-1])
+    return res
+
+
+def to_ms(text):
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def spread(values, fmt="{:.0f}"):
+    """min / median / max."""
+    return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))} / {fmt.format(max(values))}"
+
+
+def median(values):
+    return statistics.median(values) if values else 0.0
+
+
+def http_suite(servers, results):
+    for pinned in (True, False):
+        for conns in (50, 200):
+            for srv in servers:
+                runs = []
+                srv.start(pinned)
+                try:
+                    for _ in range(REPEAT):
+                        pids = srv.pids()
+                        before = cpu_seconds(pids)
+                        r = wrk(srv.port, conns, pinned)
+                        r["cpu_us"] = (cpu_seconds(pids) - before) * 1e6 / max(r["requests"], 1)
+                        runs.append(r)
+                finally:
+                    srv.stop()
+                results[("http", srv.name, pinned, conns)] = runs
+                print(f"  http {srv.name:28} {'pinned' if pinned else 'free  '} c={conns:<3} "
+                      f"{median([r['rps'] for r in runs]):>9.0f} req/s  p99 {median([r['p99'] for r in runs]):.2f} ms  "
+                      f"cpu {median([r['cpu_us'] for r in runs]):.1f} us/req  errors {sum(r['errors'] for r in runs)}",
+                      file=sys.stderr)
+
+
+def conn_suite(servers, results):
+    for srv in servers:
+        srv.start(True)
+        try:
+            runs = [wrk(srv.port, 50, True, close=True) for _ in range(REPEAT)]
+        finally:
+            srv.stop()
+        results[("conn", srv.name)] = runs
+        print(f"  new-connection {srv.name:28} {median([r['rps'] for r in runs]):>9.0f} conn/s", file=sys.stderr)
+
+
+def ws_suite(servers, results):
+    for conns, msgs in ((100, 1000), (1000, 100)):
+        for srv in servers:
+            srv.start(True)
+            runs = []
+            try:
+                for _ in range(REPEAT):
+                    out = subprocess.run(
+                        ["taskset", "-c", CLIENT_CORE, str(WSLOAD), "echo", f"127.0.0.1:{srv.port}",
+                         str(conns), str(msgs), "32"],
+                        capture_output=True, text=True, timeout=150, preexec_fn=raise_nofile).stdout
+                    runs.append(json.loads(out))
+            finally:
+                srv.stop()
+            results[("ws", srv.name, conns)] = runs
+            print(f"  ws {srv.name:28} {conns} conns: {median([r['msgs_per_s'] for r in runs]):.0f} msgs/s "
+                  f"p99 {median([r['p99_ms'] for r in runs]):.2f} ms errors {sum(r['errors'] for r in runs)}",
+                  file=sys.stderr)
+
+
+def idle_ws_suite(servers, results, count=10000):
+    for srv in servers:
+        srv.start(True)
+        try:
+            workers = [p for p in srv.pids() if p != srv.proc.pid] or [srv.proc.pid]
+            before = sum(rss_kib(p) for p in workers)
+            client = subprocess.Popen([str(WSLOAD), "idle", f"127.0.0.1:{srv.port}", str(count)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                      preexec_fn=raise_nofile)
+            line = client.stdout.readline().split()
+            opened = int(line[1]) if len(line) == 2 else 0
+            time.sleep(1)
+            after = sum(rss_kib(p) for p in workers)
+            client.stdin.close()
+            client.wait(30)
+        finally:
+            srv.stop()
+        per = (after - before) / max(opened, 1)
+        results[("idle", srv.name)] = {"opened": opened, "kib_per_conn": per}
+        print(f"  idle ws {srv.name:28} {opened} open: {per:.1f} KiB each", file=sys.stderr)
+
+
+def memory_suite(servers, results):
+    for srv in servers:
+        srv.start(True)
+        try:
+            top = srv.proc.pid
+            kids = [p for p in srv.pids() if p != top]
+            idle = {"master": rss_kib(top), "workers": [rss_kib(p) for p in kids]}
+            wrk(srv.port, 200, True)
+            loaded = {"master": rss_kib(top), "workers": [rss_kib(p) for p in kids]}
+        finally:
+            srv.stop()
+        results[("mem", srv.name)] = {"idle": idle, "loaded": loaded}
+        print(f"  memory {srv.name:28} idle {idle} after load {loaded}", file=sys.stderr)
+
+
+def startup_suite(results):
+    times = []
+    for _ in range(5):
+        srv = Server("ferricorn", "ferricorn", workers=2).start(False)
+        times.append(srv.startup_ms)
+        srv.stop()
+    results["startup"] = times
+    print(f"  startup to READY=1 (2 workers): {spread(times, '{:.1f}')} ms", file=sys.stderr)
+
+
+def reload_suite(results):
+    for srv, sig in ((Server("ferricorn -w 2", "ferricorn", workers=2), signal.SIGHUP),
+                     (Server("gunicorn -w 2", "gunicorn", workers=2), signal.SIGHUP)):
+        srv.start(False)
+        try:
+            load = subprocess.Popen(["wrk", "-t2", "-c50", "-d12s", f"http://127.0.0.1:{srv.port}/health"],
+                                    stdout=subprocess.PIPE, text=True)
+            for _ in range(3):
+                time.sleep(2.5)
+                os.kill(srv.proc.pid, sig)
+            out = load.communicate(timeout=60)[0]
+        finally:
+            srv.stop()
+        errors, requests = 0, 0
+        for line in out.splitlines():
+            if "requests in" in line:
+                requests = int(line.split()[0])
+            if "Socket errors" in line:
+                errors += sum(int(x.strip(",")) for x in line.split() if x.strip(",").isdigit())
+            if "Non-2xx" in line:
+                errors += int(line.split()[-1])
+        results[("reload", srv.name)] = {"requests": requests, "errors": errors}
+        print(f"  3 reloads under load {srv.name}: {requests} requests, {errors} failed", file=sys.stderr)
+
+
+def report(results, servers):
+    lines = []
+    add = lines.append
+    gun5 = f"gunicorn -w {2 * CORES + 1}"
+    add(f"Machine: {CORES} cores, {platform()}; wrk {tool_version(['wrk', '-v'])}; "
+        f"nginx {tool_version(['nginx', '-v'])}; {py_versions()}; {DURATION} s per run, "
+        f"{REPEAT} runs each, min / median / max.\n")
+    for pinned in (True, False):
+        for conns in (50, 200):
+            add(f"### HTTP keep-alive `GET /health`, c={conns}, "
+                f"{'server on core 0, wrk -t1 on core 1' if pinned else 'unpinned, wrk -t2'}\n")
+            add("| server | req/s | p50 ms | p99 ms | server CPU µs/req | errors | req/s vs Gunicorn -w5 | vs bare axum | vs nginx |")
+            add("|---|---|---|---|---|---|---|---|---|")
+            base = lambda n: median([r["rps"] for r in results.get(("http", n, pinned, conns), [])]) or 1
+            for srv in servers:
+                runs = results[("http", srv.name, pinned, conns)]
+                rps = [r["rps"] for r in runs]
+                add(f"| {srv.name} | {spread(rps)} | {median([r['p50'] for r in runs]):.2f} | "
+                    f"{spread([r['p99'] for r in runs], '{:.2f}')} | "
+                    f"{spread([r['cpu_us'] for r in runs], '{:.1f}')} | {sum(r['errors'] for r in runs)} | "
+                    f"{median(rps) / base(gun5):.1f}× | {median(rps) / base('bare axum'):.2f}× | "
+                    f"{median(rps) / base('nginx'):.2f}× |")
+            add("")
+    add("### New connection per request (`Connection: close`), c=50, pinned\n")
+    add("| server | connections/s | errors |")
+    add("|---|---|---|")
+    for srv in servers:
+        runs = results[("conn", srv.name)]
+        add(f"| {srv.name} | {spread([r['rps'] for r in runs])} | {sum(r['errors'] for r in runs)} |")
+    add("")
+    for conns in (100, 1000):
+        add(f"### WebSocket echo, {conns} connections × {100000 // conns} messages of 32 bytes, pinned\n")
+        add("| server | msgs/s | p99 RTT ms | errors | msgs/s vs Gunicorn -w2 |")
+        add("|---|---|---|---|---|")
+        keys = [k for k in results if k[0] == "ws" and k[2] == conns]
+        gun = median([r["msgs_per_s"] for r in results.get(("ws", "gunicorn -w 2", conns), [])]) or 1
+        for k in keys:
+            runs = results[k]
+            add(f"| {k[1]} | {spread([r['msgs_per_s'] for r in runs])} | "
+                f"{spread([r['p99_ms'] for r in runs], '{:.2f}')} | {sum(r['errors'] for r in runs)} | "
+                f"{median([r['msgs_per_s'] for r in runs]) / gun:.1f}× |")
+        add("")
+    add("### Idle WebSockets (10,000 opened, bounded)\n")
+    add("| server | opened | worker RSS per connection |")
+    add("|---|---|---|")
+    for k, v in results.items():
+        if k[0] == "idle":
+            add(f"| {k[1]} | {v['opened']} | {v['kib_per_conn']:.1f} KiB |")
+    add("")
+    add("### Memory (RSS, MiB)\n")
+    add("| server | master/supervisor idle | each worker idle | master after load | each worker after load |")
+    add("|---|---|---|---|---|")
+    for k, v in results.items():
+        if k[0] == "mem":
+            mib = lambda kib: f"{kib / 1024:.1f}"
+            add(f"| {k[1]} | {mib(v['idle']['master'])} | {', '.join(mib(w) for w in v['idle']['workers']) or '–'} | "
+                f"{mib(v['loaded']['master'])} | {', '.join(mib(w) for w in v['loaded']['workers']) or '–'} |")
+    add("")
+    add(f"### Start-up and reload\n")
+    add(f"- ferricorn exec → `READY=1` with 2 workers: {spread(results['startup'], '{:.1f}')} ms")
+    for k, v in results.items():
+        if k[0] == "reload":
+            add(f"- 3 × HUP under wrk load, {k[1]}: {v['errors']} failed of {v['requests']} requests")
+    return "\n".join(lines) + "\n"
+
+
+def platform():
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except StopIteration:
+        model = "unknown CPU"
+    return f"{model}, Linux {os.uname().release}"
+
+
+def tool_version(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].split()[1] if text and len(text[0].split()) > 1 else "?"
+
+
+def py_versions():
+    out = subprocess.run([str(VENV / "bin/python"), "-c",
+                          "import gunicorn, uvicorn, fastapi, sys; print(f'Python {sys.version.split()[0]}, Gunicorn {gunicorn.__version__}, Uvicorn {uvicorn.__version__}, FastAPI {fastapi.__version__}')"],
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main():
+    gun5 = 2 * CORES + 1
+    servers = [
+        Server(f"ferricorn -w {CORES}", "ferricorn", workers=CORES),
+        Server("ferricorn -w 1", "ferricorn", workers=1),
+        Server(f"ferricorn -w {CORES}, access log", "ferricorn", workers=CORES, access_log=True),
+        Server("bare axum", "bare"),
+        Server("gunicorn -w 2", "gunicorn", workers=2),
+        Server(f"gunicorn -w {gun5}", "gunicorn", workers=gun5),
+        Server("uvicorn", "uvicorn"),
+        Server("nginx", "nginx", workers=CORES),
+    ]
+    only = os.environ.get("BENCH_ONLY", "http,conn,ws,idle,mem,startup,reload").split(",")
+    results = {}
+    print(f"# benchmark: {DURATION}s runs × {REPEAT}", file=sys.stderr)
+    if "http" in only:
+        http_suite(servers, results)
+    if "conn" in only:
+        conn_suite(servers, results)
+    ws_servers = [s for s in servers if s.name in (f"ferricorn -w {CORES}", "ferricorn -w 1", "bare axum", "gunicorn -w 2", "uvicorn")]
+    if "ws" in only:
+        ws_suite(ws_servers, results)
+    if "idle" in only:
+        idle_ws_suite([Server("ferricorn -w 1", "ferricorn", workers=1, extra={"worker_connections": 20000}),
+                       Server("bare axum", "bare"), Server("uvicorn", "uvicorn")], results)
+    if "mem" in only:
+        memory_suite([s for s in servers if "access" not in s.name], results)
+    if "startup" in only:
+        startup_suite(results)
+    if "reload" in only:
+        reload_suite(results)
+    if set(only) >= {"http", "conn", "ws", "idle", "mem", "startup", "reload"}:
+        text = report(results, servers)
+        out = ROOT / "target/bench"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text(text)
+        print(text)
+    else:
+        print(json.dumps({" ".join(map(str, k)) if isinstance(k, tuple) else k: v for k, v in results.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
