@@ -9,17 +9,39 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use ferricorn::control::{Counters, SupervisorStatus};
+use serde::Serialize;
 
-async fn health() -> Json<Value> {
-    Json(json!({
-        "status": "healthy",
-        "version": env!("CARGO_PKG_VERSION"),
-        "build": "bare",
-        "pid": std::process::id(),
-        "worker": 1,
-        "generation": 1,
-    }))
+/// The same fields, and the same typed serialisation, as ferricorn's
+/// `/health`; the figures are fixed, as there is no supervisor.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    build: &'static str,
+    pid: u32,
+    worker: usize,
+    generation: u64,
+    counters: Counters,
+    supervisor: Option<SupervisorStatus>,
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "healthy",
+        version: env!("CARGO_PKG_VERSION"),
+        build: "bare",
+        pid: std::process::id(),
+        worker: 1,
+        generation: 1,
+        counters: Counters::default(),
+        supervisor: Some(SupervisorStatus {
+            generation: 1,
+            workers_ready: 1,
+            workers_target: 1,
+            ..SupervisorStatus::default()
+        }),
+    })
 }
 
 async fn ws(upgrade: WebSocketUpgrade) -> Response {
@@ -30,9 +52,9 @@ async fn echo(mut socket: WebSocket) {
     while let Some(Ok(message)) = socket.recv().await {
         match message {
             Message::Text(_) | Message::Binary(_) => {
-                if socket.send(message).await.is_err() {
+                let Ok(()) = socket.send(message).await else {
                     return;
-                }
+                };
             }
             Message::Close(_) => return,
             _ => {}

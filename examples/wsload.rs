@@ -117,7 +117,10 @@ fn main() {
             _ => eprintln!("usage: wsload echo ADDR CONNS MSGS SIZE | wsload idle ADDR CONNS"),
         }
     };
-    if runtime.block_on(tokio::time::timeout(CAP, work)).is_err() {
+    if runtime
+        .block_on(async { tokio::time::timeout(CAP, work).await })
+        .is_err()
+    {
         eprintln!("wsload: stopped at the {CAP:?} cap");
     }
 }

@@ -143,8 +143,13 @@ class Server:
                        "warning", "--no-access-log", "bench_fastapi:app"]
             elif self.kind == "nginx":
                 conf = os.path.join(self.tmp, "nginx.conf")
-                body = json.dumps({"status": "healthy", "version": "0.1.0", "build": "nginx",
-                                   "pid": 0, "worker": 1, "generation": 1}, separators=(",", ":"))
+                body = json.dumps({
+                    "status": "healthy", "version": "0.1.0", "build": "nginx", "pid": 0, "worker": 1,
+                    "generation": 1, "counters": {"requests": 0, "connections": 0, "websockets": 0},
+                    "supervisor": {"generation": 1, "workers_ready": 1, "workers_target": 1,
+                                   "requests_per_second": 0.0, "connections": 0, "websockets": 0,
+                                   "restarts": 0, "crash_loop": 0, "reloading_to": None,
+                                   "last_reload": None}}, separators=(",", ":"))
                 Path(conf).write_text(f"""
 daemon off;
 worker_processes {self.workers};

@@ -7,6 +7,20 @@ from fastapi import FastAPI, WebSocket
 
 app = FastAPI()
 
+# The same shape as ferricorn's /health; fixed figures.
+SUPERVISOR = {
+    "generation": 1,
+    "workers_ready": 1,
+    "workers_target": 1,
+    "requests_per_second": 0.0,
+    "connections": 0,
+    "websockets": 0,
+    "restarts": 0,
+    "crash_loop": 0,
+    "reloading_to": None,
+    "last_reload": None,
+}
+
 
 @app.get("/health")
 async def health():
@@ -17,6 +31,8 @@ async def health():
         "pid": os.getpid(),
         "worker": 1,
         "generation": 1,
+        "counters": {"requests": 0, "connections": 0, "websockets": 0},
+        "supervisor": SUPERVISOR,
     }
 
 

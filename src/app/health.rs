@@ -3,22 +3,41 @@
 //! new across a reload; this worker's counters; and the supervisor's live
 //! figures (the same as its `STATUS=`), relayed every few seconds.
 
-use axum::extract::State;
-use axum::Json;
-use serde_json::{json, Value};
+use std::sync::Arc;
 
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::control::{Counters, SupervisorStatus};
 use crate::worker::WorkerContext;
 
-pub async fn health(State(ctx): State<WorkerContext>) -> Json<Value> {
+/// The answer, typed: serialised straight to bytes, with no intermediate
+/// JSON tree per request.
+#[derive(Serialize)]
+pub struct Health<'a> {
+    status: &'static str,
+    version: &'static str,
+    build: &'a str,
+    pid: u32,
+    worker: usize,
+    generation: u64,
+    counters: Counters,
+    supervisor: Option<Arc<SupervisorStatus>>,
+}
+
+pub async fn health(State(ctx): State<WorkerContext>) -> Response {
     let id = &ctx.identity;
-    Json(json!({
-        "status": "healthy",
-        "version": env!("CARGO_PKG_VERSION"),
-        "build": id.build,
-        "pid": id.pid,
-        "worker": id.slot,
-        "generation": id.generation,
-        "counters": ctx.counters(),
-        "supervisor": ctx.supervisor_status(),
-    }))
+    Json(Health {
+        status: "healthy",
+        version: env!("CARGO_PKG_VERSION"),
+        build: &id.build,
+        pid: id.pid,
+        worker: id.slot,
+        generation: id.generation,
+        counters: ctx.counters(),
+        supervisor: ctx.supervisor_status(),
+    })
+    .into_response()
 }

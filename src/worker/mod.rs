@@ -45,15 +45,27 @@ pub struct Identity {
     pub pid: u32,
 }
 
-/// What a handler can see of its worker; cheap to clone.
+/// What a handler can see of its worker. One `Arc`, so the clone every
+/// request and connection makes costs one atomic increment.
 #[derive(Clone, Debug)]
-pub struct WorkerContext {
-    pub identity: Arc<Identity>,
-    pub config: Arc<Config>,
-    pub drain: Arc<Drain>,
+pub struct WorkerContext(Arc<Shared>);
+
+impl std::ops::Deref for WorkerContext {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The worker's state behind [`WorkerContext`].
+#[derive(Debug)]
+pub struct Shared {
+    pub identity: Identity,
+    pub config: Config,
+    pub drain: Drain,
     stats: Arc<Stats>,
     /// The supervisor's latest figures, as it last sent them.
-    supervisor: Arc<std::sync::RwLock<Option<SupervisorStatus>>>,
+    supervisor: std::sync::RwLock<Option<Arc<SupervisorStatus>>>,
     control: mpsc::UnboundedSender<WorkerMessage>,
     /// Requests after which this worker asks to be replaced; 0 never.
     retire_after: u64,
@@ -74,7 +86,7 @@ pub struct WebSocketGuard {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
-impl WorkerContext {
+impl Shared {
     /// Call when a WebSocket is accepted; drop the guard when it closes.
     pub fn open_websocket(&self) -> WebSocketGuard {
         WebSocketGuard {
@@ -85,7 +97,7 @@ impl WorkerContext {
 
     /// The supervisor's live figures (generation, workers ready, requests/s,
     /// restarts, last reload), refreshed every few seconds.
-    pub fn supervisor_status(&self) -> Option<SupervisorStatus> {
+    pub fn supervisor_status(&self) -> Option<Arc<SupervisorStatus>> {
         self.supervisor.read().ok().and_then(|s| s.clone())
     }
 
@@ -239,22 +251,22 @@ async fn serve(
         0 => 0,
         n => n + jitter(config.max_requests_jitter),
     };
-    let ctx = WorkerContext {
-        identity: Arc::new(Identity {
+    let ctx = WorkerContext(Arc::new(Shared {
+        identity: Identity {
             slot: args.slot,
             generation: args.generation,
             build: args.build.clone(),
             pid: std::process::id(),
-        }),
-        config: Arc::new(config),
-        drain: Arc::new(Drain::default()),
+        },
+        config,
+        drain: Drain::default(),
         stats: Arc::new(Stats::default()),
-        supervisor: Arc::default(),
+        supervisor: std::sync::RwLock::default(),
         control: to_supervisor.clone(),
         retire_after,
         slots: Arc::new(Semaphore::new(worker_connections)),
         access_log,
-    };
+    }));
 
     // The supervisor gone means nobody will ever drain us: exit. (PDEATHSIG
     // normally gets here first.)
@@ -269,14 +281,14 @@ async fn serve(
             }
         }
     });
-    let figures = ctx.supervisor.clone();
+    let figures = ctx.clone();
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(read_half).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<SupervisorStatus>(&line) {
                 Ok(status) => {
-                    if let Ok(mut slot) = figures.write() {
-                        *slot = Some(status);
+                    if let Ok(mut slot) = figures.supervisor.write() {
+                        *slot = Some(Arc::new(status));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "bad status line from supervisor"),
@@ -285,7 +297,7 @@ async fn serve(
         std::process::exit(0);
     });
 
-    if let Err(e) = watch_signals(ctx.drain.clone()) {
+    if let Err(e) = watch_signals(ctx.clone()) {
         tracing::error!("cannot install signal handlers: {e}");
         return ExitCode::from(EXIT_WORKER_BOOT);
     }
@@ -343,7 +355,7 @@ async fn serve(
     ExitCode::SUCCESS
 }
 
-fn watch_signals(drain: Arc<Drain>) -> std::io::Result<()> {
+fn watch_signals(ctx: WorkerContext) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -351,8 +363,8 @@ fn watch_signals(drain: Arc<Drain>) -> std::io::Result<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = term.recv() => drain.start(DrainReason::Stop),
-                _ = hup.recv() => drain.start(DrainReason::Restart),
+                _ = term.recv() => ctx.drain.start(DrainReason::Stop),
+                _ = hup.recv() => ctx.drain.start(DrainReason::Restart),
                 _ = int.recv() => std::process::exit(0),
                 _ = quit.recv() => std::process::exit(0),
             }

@@ -109,7 +109,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
         let ctx = request_ctx.clone();
         let activity = request_activity.clone();
         activity.in_flight.store(true, Ordering::SeqCst);
-        activity.started.notify_waiters();
+        // Only a draining connection waits for this (it checks in_flight
+        // after it starts listening, so no request slips between).
+        if ctx.drain.is_draining() {
+            activity.started.notify_waiters();
+        }
         async move {
             let started = Instant::now();
             let (method, path) = match ctx.access_log {
