@@ -332,6 +332,56 @@ def memory_suite(servers, results):
         print(f"  memory {srv.name:28} idle {idle} after load {loaded}", file=sys.stderr)
 
 
+def worker_requests(port, pids, tries=400):
+    """Requests each worker has served, read from its own /health."""
+    seen = {}
+    for _ in range(tries):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        seen[body["pid"]] = body["counters"]["requests"]
+        if set(pids) <= set(seen):
+            break
+    return seen
+
+
+def switches(pid):
+    total = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+            total += int(line.split()[1])
+    return total
+
+
+def fairness_suite(results):
+    """How evenly the shared socket spreads requests over worker processes
+    (one listening socket, tokio's epoll without EPOLLEXCLUSIVE), and how
+    many context switches each request costs."""
+    for close in (False, True):
+        srv = Server(f"ferricorn -w {CORES}", "ferricorn", workers=CORES).start(False)
+        try:
+            workers = [p for p in srv.pids() if p != srv.proc.pid]
+            before_req = worker_requests(srv.port, workers)
+            before_sw = {p: switches(p) for p in workers}
+            wrk(srv.port, 200, False, close=close)
+            after_req = worker_requests(srv.port, workers)
+            per = {p: after_req.get(p, 0) - before_req.get(p, 0) for p in workers}
+            sw = {p: switches(p) - before_sw[p] for p in workers}
+        finally:
+            srv.stop()
+        total = sum(per.values()) or 1
+        key = "new connection per request" if close else "keep-alive"
+        results[("fair", key)] = {
+            "shares": [per[p] / total for p in workers],
+            "switches_per_req": sum(sw.values()) / total,
+        }
+        print(f"  fairness {key}: shares {[f'{per[p] / total:.2f}' for p in workers]}, "
+              f"{sum(sw.values()) / total:.3f} context switches per request", file=sys.stderr)
+
+
 def startup_suite(results):
     times = []
     for _ in range(5):
@@ -425,6 +475,13 @@ def report(results, servers):
             add(f"| {k[1]} | {mib(v['idle']['master'])} | {', '.join(mib(w) for w in v['idle']['workers']) or '–'} | "
                 f"{mib(v['loaded']['master'])} | {', '.join(mib(w) for w in v['loaded']['workers']) or '–'} |")
     add("")
+    add("### Accept fairness across workers (one shared socket), unpinned, c=200\n")
+    add("| load | share of requests per worker | context switches per request |")
+    add("|---|---|---|")
+    for k, v in results.items():
+        if k[0] == "fair":
+            add(f"| {k[1]} | {', '.join(f'{s:.0%}' for s in v['shares'])} | {v['switches_per_req']:.3f} |")
+    add("")
     add(f"### Start-up and reload\n")
     add(f"- ferricorn exec → `READY=1` with 2 workers: {spread(results['startup'], '{:.1f}')} ms")
     for k, v in results.items():
@@ -466,7 +523,7 @@ def main():
         Server("uvicorn", "uvicorn"),
         Server("nginx", "nginx", workers=CORES),
     ]
-    only = os.environ.get("BENCH_ONLY", "http,conn,ws,idle,mem,startup,reload").split(",")
+    only = os.environ.get("BENCH_ONLY", "http,conn,ws,idle,mem,fair,startup,reload").split(",")
     results = {}
     print(f"# benchmark: {DURATION}s runs × {REPEAT}", file=sys.stderr)
     if "http" in only:
@@ -481,11 +538,13 @@ def main():
                        Server("bare axum", "bare"), Server("uvicorn", "uvicorn")], results)
     if "mem" in only:
         memory_suite([s for s in servers if "access" not in s.name], results)
+    if "fair" in only:
+        fairness_suite(results)
     if "startup" in only:
         startup_suite(results)
     if "reload" in only:
         reload_suite(results)
-    if set(only) >= {"http", "conn", "ws", "idle", "mem", "startup", "reload"}:
+    if set(only) >= {"http", "conn", "ws", "idle", "mem", "fair", "startup", "reload"}:
         text = report(results, servers)
         out = ROOT / "target/bench"
         out.mkdir(parents=True, exist_ok=True)
