@@ -499,9 +499,14 @@ def platform():
 
 
 def tool_version(cmd):
+    """The version word of `cmd`'s first line ("wrk 4.1.0 …", "nginx version: nginx/1.22.1")."""
     out = subprocess.run(cmd, capture_output=True, text=True)
     text = (out.stdout + out.stderr).strip().splitlines()
-    return text[0].split()[1] if text and len(text[0].split()) > 1 else "?"
+    words = text[0].split() if text else []
+    for word in words[1:]:
+        if any(c.isdigit() for c in word):
+            return word
+    return "?"
 
 
 def py_versions():
