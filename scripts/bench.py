@@ -459,35 +459,37 @@ def report(results, servers):
                 f"{spread([r['p99_ms'] for r in runs], '{:.2f}')} | {sum(r['errors'] for r in runs)} | "
                 f"{median([r['msgs_per_s'] for r in runs]) / gun:.1f}× |")
         add("")
-    add("### Idle WebSockets (10,000 opened, bounded)\n")
-    add("| server | opened | worker RSS per connection |")
-    add("|---|---|---|")
-    for k, v in results.items():
-        if k[0] == "idle":
-            add(f"| {k[1]} | {v['opened']} | {v['kib_per_conn']:.1f} KiB |")
-    add("")
-    add("### Memory (RSS, MiB)\n")
-    add("| server | master/supervisor idle | each worker idle | master after load | each worker after load |")
-    add("|---|---|---|---|---|")
-    for k, v in results.items():
-        if k[0] == "mem":
-            mib = lambda kib: f"{kib / 1024:.1f}"
-            add(f"| {k[1]} | {mib(v['idle']['master'])} | {', '.join(mib(w) for w in v['idle']['workers']) or '–'} | "
-                f"{mib(v['loaded']['master'])} | {', '.join(mib(w) for w in v['loaded']['workers']) or '–'} |")
-    add("")
-    add("### Accept fairness across workers (one shared socket), unpinned, c=200\n")
-    add("| load | share of requests per worker | context switches per request |")
-    add("|---|---|---|")
-    for k, v in results.items():
-        if k[0] == "fair":
-            add(f"| {k[1]} | {', '.join(f'{s:.0%}' for s in v['shares'])} | {v['switches_per_req']:.3f} |")
-    add("")
+    mib = lambda kib: f"{kib / 1024:.1f}"
+    table(add, "Idle WebSockets (10,000 opened, bounded)",
+          ["server", "opened", "worker RSS per connection"],
+          [[k[1], str(v["opened"]), f"{v['kib_per_conn']:.1f} KiB"]
+           for k, v in results.items() if k[0] == "idle"])
+    table(add, "Memory (RSS, MiB)",
+          ["server", "master/supervisor idle", "each worker idle", "master after load",
+           "each worker after load"],
+          [[k[1], mib(v["idle"]["master"]), ", ".join(mib(w) for w in v["idle"]["workers"]) or "–",
+            mib(v["loaded"]["master"]), ", ".join(mib(w) for w in v["loaded"]["workers"]) or "–"]
+           for k, v in results.items() if k[0] == "mem"])
+    table(add, "Accept fairness across workers (one shared socket), unpinned, c=200",
+          ["load", "share of requests per worker", "context switches per request"],
+          [[k[1], ", ".join(f"{s:.0%}" for s in v["shares"]), f"{v['switches_per_req']:.3f}"]
+           for k, v in results.items() if k[0] == "fair"])
     add(f"### Start-up and reload\n")
     add(f"- ferricorn exec → `READY=1` with 2 workers: {spread(results['startup'], '{:.1f}')} ms")
     for k, v in results.items():
         if k[0] == "reload":
             add(f"- 3 × HUP under wrk load, {k[1]}: {v['errors']} failed of {v['requests']} requests")
     return "\n".join(lines) + "\n"
+
+
+def table(add, title, columns, rows):
+    """A markdown table under a heading."""
+    add(f"### {title}\n")
+    add("| " + " | ".join(columns) + " |")
+    add("|" + "---|" * len(columns))
+    for row in rows:
+        add("| " + " | ".join(row) + " |")
+    add("")
 
 
 def platform():
