@@ -84,7 +84,7 @@ impl Subtree {
     /// # Errors
     /// A sentence for the log: no cgroup v2, not delegated, or a step that
     /// failed.
-    pub fn setup(want_memory: bool) -> Result<Subtree, String> {
+    pub fn setup() -> Result<Subtree, String> {
         let mount = cgroup2_mount().ok_or("no cgroup v2 hierarchy mounted")?;
         let own = own_cgroup().ok_or("not in a cgroup v2 cgroup")?;
         let base = mount.join(own.trim_start_matches('/'));
@@ -104,8 +104,9 @@ impl Subtree {
             .map_err(|e| format!("cannot move into {}: {e}", leaf.display()))?;
         let available =
             std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
-        let memory = want_memory
-            && available.split_whitespace().any(|c| c == "memory")
+        // Enabled whether or not limits are set: it also gives each worker
+        // an exact `memory.current`.
+        let memory = available.split_whitespace().any(|c| c == "memory")
             && std::fs::write(base.join("cgroup.subtree_control"), "+memory").is_ok();
         Ok(Subtree { base, memory })
     }

@@ -233,7 +233,7 @@ pub async fn run(
 /// log what memory limits can and cannot do here.
 fn setup_cgroups(config: &Config) -> Option<cgroup::Subtree> {
     let (high, max) = (config.memory_high.0, config.memory_max.0);
-    match cgroup::Subtree::setup(true) {
+    match cgroup::Subtree::setup() {
         Ok(subtree) => {
             tracing::info!(
                 memory_controller = subtree.has_memory(),

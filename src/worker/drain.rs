@@ -97,6 +97,13 @@ impl Stats {
         self.requests.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    fn counter(&self, kind: Kind) -> &AtomicU64 {
+        match kind {
+            Kind::Connection => &self.connections,
+            Kind::WebSocket => &self.websockets,
+        }
+    }
+
     pub fn snapshot(&self) -> crate::control::Counters {
         crate::control::Counters {
             requests: self.requests.load(Ordering::Relaxed),
@@ -129,15 +136,6 @@ impl Open {
             stats,
             kind,
             _token: drain.token(),
-        }
-    }
-}
-
-impl Stats {
-    fn counter(&self, kind: Kind) -> &AtomicU64 {
-        match kind {
-            Kind::Connection => &self.connections,
-            Kind::WebSocket => &self.websockets,
         }
     }
 }

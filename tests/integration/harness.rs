@@ -3,8 +3,6 @@
 //! `NOTIFY_SOCKET` datagram socket the test reads. Everything is polled with
 //! deadlines; nothing sleeps for synchronisation.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -74,7 +72,8 @@ impl Default for Options {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    /// Holds the config and notify socket; removed when the server is dropped.
+    _dir: tempfile::TempDir,
     pub config_path: PathBuf,
     /// Every datagram received on NOTIFY_SOCKET so far, read by a thread as
     /// promptly as systemd would (the socket queue holds only 10).
@@ -189,7 +188,7 @@ impl Server {
         Server {
             child,
             addr,
-            dir,
+            _dir: dir,
             config_path,
             received,
             notes: Vec::new(),
@@ -377,7 +376,6 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 
 pub struct Response {
     pub status: u16,
-    pub headers: String,
     pub body: String,
 }
 
@@ -393,7 +391,6 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
         .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
     Ok(Response {
         status,
-        headers: head.to_owned(),
         body: body.to_owned(),
     })
 }
@@ -409,19 +406,6 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
-}
-
-/// Raw bytes in, whatever comes back out (until close or timeout).
-pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(bytes)?;
-    let mut raw = Vec::new();
-    match s.read_to_end(&mut raw) {
-        Ok(_) => Ok(raw),
-        Err(e) if raw.is_empty() => Err(e),
-        Err(_) => Ok(raw),
-    }
 }
 
 /// A keep-alive HTTP/1.1 client: requests on one connection until the
@@ -510,7 +494,6 @@ impl KeepAlive {
         }
         Ok(Response {
             status,
-            headers: head,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }
