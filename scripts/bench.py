@@ -7,6 +7,7 @@ writes them to target/bench/results.md.
 Run through scripts/bench (it installs wrk, nginx and the Python venv).
 Every load run is bounded in time; only 127.0.0.1 is targeted.
 """
+import itertools
 import json
 import os
 import resource
@@ -357,11 +358,14 @@ def switches(pid):
 
 
 def fairness_suite(results):
-    """How evenly the shared socket spreads requests over worker processes
-    (one listening socket, tokio's epoll without EPOLLEXCLUSIVE), and how
-    many context switches each request costs."""
-    for close in (False, True):
-        srv = Server(f"ferricorn -w {CORES}", "ferricorn", workers=CORES).start(False)
+    """How evenly requests spread over worker processes, with one shared
+    socket (tokio's epoll without EPOLLEXCLUSIVE: every idle worker wakes)
+    and with one SO_REUSEPORT socket per worker (the kernel hashes each
+    connection to one socket), and how many context switches each request
+    costs."""
+    for mode, close in itertools.product(("shared socket", "reuse_port"), (False, True)):
+        extra = {"reuse_port": "true"} if mode == "reuse_port" else None
+        srv = Server(f"ferricorn -w {CORES}", "ferricorn", workers=CORES, extra=extra).start(False)
         try:
             workers = [p for p in srv.pids() if p != srv.proc.pid]
             before_req = worker_requests(srv.port, workers)
@@ -373,7 +377,7 @@ def fairness_suite(results):
         finally:
             srv.stop()
         total = sum(per.values()) or 1
-        key = "new connection per request" if close else "keep-alive"
+        key = f"{mode}, {'new connection per request' if close else 'keep-alive'}"
         results[("fair", key)] = {
             "shares": [per[p] / total for p in workers],
             "switches_per_req": sum(sw.values()) / total,
@@ -470,7 +474,7 @@ def report(results, servers):
           [[k[1], mib(v["idle"]["master"]), ", ".join(mib(w) for w in v["idle"]["workers"]) or "–",
             mib(v["loaded"]["master"]), ", ".join(mib(w) for w in v["loaded"]["workers"]) or "–"]
            for k, v in results.items() if k[0] == "mem"])
-    table(add, "Accept fairness across workers (one shared socket), unpinned, c=200",
+    table(add, "Accept fairness across workers, unpinned, c=200",
           ["load", "share of requests per worker", "context switches per request"],
           [[k[1], ", ".join(f"{s:.0%}" for s in v["shares"]), f"{v['switches_per_req']:.3f}"]
            for k, v in results.items() if k[0] == "fair"])
@@ -524,12 +528,16 @@ def main():
         Server(f"ferricorn -w {CORES}", "ferricorn", workers=CORES),
         Server("ferricorn -w 1", "ferricorn", workers=1),
         Server(f"ferricorn -w {CORES}, access log", "ferricorn", workers=CORES, access_log=True),
+        Server(f"ferricorn -w {CORES}, reuse_port", "ferricorn", workers=CORES, extra={"reuse_port": "true"}),
         Server("bare axum", "bare"),
         Server("gunicorn -w 2", "gunicorn", workers=2),
         Server(f"gunicorn -w {gun5}", "gunicorn", workers=gun5),
         Server("uvicorn", "uvicorn"),
         Server("nginx", "nginx", workers=CORES),
     ]
+    # BENCH_SERVERS="ferricorn -w 2;nginx" runs a part of the table.
+    if wanted := os.environ.get("BENCH_SERVERS"):
+        servers = [s for s in servers if s.name in wanted.split(";")]
     only = os.environ.get("BENCH_ONLY", "http,conn,ws,idle,mem,fair,startup,reload").split(",")
     results = {}
     print(f"# benchmark: {DURATION}s runs × {REPEAT}", file=sys.stderr)
@@ -544,7 +552,7 @@ def main():
         idle_ws_suite([Server("ferricorn -w 1", "ferricorn", workers=1, extra={"worker_connections": 20000}),
                        Server("bare axum", "bare"), Server("uvicorn", "uvicorn")], results)
     if "mem" in only:
-        memory_suite([s for s in servers if "access" not in s.name], results)
+        memory_suite([s for s in servers if "," not in s.name], results)
     if "fair" in only:
         fairness_suite(results)
     if "startup" in only:

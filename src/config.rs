@@ -54,6 +54,9 @@ pub struct Config {
     pub bind: String,
     /// Listen backlog used when ferricorn binds the socket itself.
     pub backlog: u32,
+    /// When ferricorn binds itself: one `SO_REUSEPORT` socket per worker
+    /// slot instead of one shared socket (see the README's measurements).
+    pub reuse_port: bool,
     /// Worker processes to run; defaults to the CPUs this process may use.
     pub workers: usize,
     /// Runtime threads per worker; 1 runs a single-threaded event loop.
@@ -73,8 +76,20 @@ pub struct Config {
     pub max_requests_jitter: u64,
     /// Connections (WebSockets included) one worker serves at once.
     pub worker_connections: usize,
+    /// Longest request line (method, target, version) in bytes; longer
+    /// gets 414. 0: no limit of ferricorn's own (hyper's 64 KiB target limit).
+    pub limit_request_line: usize,
+    /// Most header fields in a request; more gets 431. 0: hyper's 100.
+    pub limit_request_fields: usize,
+    /// Longest header field line in bytes; longer gets 431. 0: no limit.
+    pub limit_request_field_size: usize,
     /// Largest WebSocket message accepted, in bytes; larger closes with 1009.
     pub ws_max_size: usize,
+    /// Seconds between server pings on an idle-looking WebSocket; 0 none.
+    pub ws_ping_interval: f64,
+    /// Seconds a WebSocket may leave a ping unanswered, or a send unfinished
+    /// (a client that stopped reading), before it is closed.
+    pub ws_ping_timeout: f64,
     /// Memory (bytes, or "512M") above which a worker is recycled
     /// gracefully; 0 never.
     pub memory_high: ByteSize,
@@ -94,6 +109,7 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1:8097".to_owned(),
             backlog: DEFAULT_BACKLOG,
+            reuse_port: false,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             threads: 1,
             timeout: 30.0,
@@ -103,7 +119,12 @@ impl Default for Config {
             max_requests: 0,
             max_requests_jitter: 0,
             worker_connections: 1000,
+            limit_request_line: 4094,
+            limit_request_fields: 100,
+            limit_request_field_size: 8190,
             ws_max_size: DEFAULT_WS_MAX_SIZE,
+            ws_ping_interval: 20.0,
+            ws_ping_timeout: 20.0,
             memory_high: ByteSize(0),
             memory_max: ByteSize(0),
             access_log: true,
@@ -146,6 +167,7 @@ impl Config {
             ("graceful_timeout", self.graceful_timeout),
             ("boot_timeout", self.boot_timeout),
             ("keepalive", self.keepalive),
+            ("ws_ping_timeout", self.ws_ping_timeout),
         ];
         for (key, value) in seconds {
             // A bound of a day keeps `Duration::from_secs_f64` far from overflow.
@@ -155,6 +177,20 @@ impl Config {
                     format!("{value} is not a number of seconds in (0, 86400]"),
                 ));
             }
+        }
+        if !(self.ws_ping_interval.is_finite() && (0.0..=86_400.0).contains(&self.ws_ping_interval))
+        {
+            out.push((
+                "ws_ping_interval",
+                format!(
+                    "{} is not a number of seconds in [0, 86400]",
+                    self.ws_ping_interval
+                ),
+            ));
+        }
+        // Gunicorn's ceiling: hyper keeps a slot per field on its stack.
+        if self.limit_request_fields > 32_768 {
+            out.push(("limit_request_fields", "must be at most 32768".to_owned()));
         }
         out
     }

@@ -43,16 +43,32 @@ pub enum ListenError {
     },
 }
 
+/// Who made the listening sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Passed by systemd: one queue that outlives this process.
+    Systemd,
+    /// Bound here from `bind`, with `SO_REUSEPORT` if asked for.
+    Bound { reuse_port: bool },
+}
+
 /// The sockets to serve on: systemd's if it passed any to this process,
 /// else a new socket bound to `bind` with `backlog`.
 ///
 /// # Errors
 /// Malformed `LISTEN_*` values, a passed descriptor that is not a listening
 /// TCP stream socket, or a failed bind.
-pub fn listeners(bind: SocketAddr, backlog: u32) -> Result<Vec<Listener>, ListenError> {
+pub fn listeners(
+    bind: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> Result<(Vec<Listener>, Origin), ListenError> {
     match from_systemd()? {
-        Some(listeners) => Ok(listeners),
-        None => Ok(vec![bind_one(bind, backlog)?]),
+        Some(listeners) => Ok((listeners, Origin::Systemd)),
+        None => Ok((
+            vec![bind_one(bind, backlog, reuse_port)?],
+            Origin::Bound { reuse_port },
+        )),
     }
 }
 
@@ -114,12 +130,21 @@ fn from_systemd() -> Result<Option<Vec<Listener>>, ListenError> {
     Ok(Some(out))
 }
 
-fn bind_one(addr: SocketAddr, backlog: u32) -> Result<Listener, ListenError> {
+/// Binds and listens on `addr`. With `reuse_port`, further sockets may bind
+/// the same address and the kernel spreads new connections over them by a
+/// hash of the connection's addresses.
+///
+/// # Errors
+/// The socket calls failing, usually the address being in use.
+pub fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Listener, ListenError> {
     let err = |source| ListenError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     // A restart must not wait out TIME_WAIT on the port.
     socket.set_reuse_address(true).map_err(err)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(err)?;
+    }
     socket.bind(&addr.into()).map_err(err)?;
     socket
         .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
@@ -145,4 +170,90 @@ pub fn lift(listener: Listener) -> std::io::Result<Listener> {
         name: listener.name,
         socket: TcpListener::from(lifted),
     })
+}
+
+/// The sockets the supervisor hands to workers, held for the life of the
+/// supervisor so that a queue outlives any one worker.
+#[derive(Debug)]
+pub enum Sockets {
+    /// Every worker accepts on the same sockets: one queue, taken by
+    /// whichever worker is free (systemd's sockets are always shared).
+    Shared(Vec<Listener>),
+    /// Each worker slot has its own `SO_REUSEPORT` socket on `addr` and the
+    /// kernel picks the slot by a hash of each new connection. A slot's
+    /// successor (crash, recycle, reload) inherits its socket and queue; a
+    /// slot removed by scaling down closes its socket, and connections still
+    /// queued there are reset unless `net.ipv4.tcp_migrate_req=1`.
+    PerSlot {
+        addr: SocketAddr,
+        backlog: u32,
+        slots: std::collections::BTreeMap<usize, Listener>,
+    },
+}
+
+impl Sockets {
+    /// Arranges what [`listeners`] returned: per-slot when ferricorn bound
+    /// the socket itself with `reuse_port`, the first socket being slot 1's.
+    ///
+    /// # Errors
+    /// The bound socket's address cannot be read.
+    pub fn new(
+        mut listeners: Vec<Listener>,
+        origin: Origin,
+        backlog: u32,
+    ) -> std::io::Result<Sockets> {
+        if origin != (Origin::Bound { reuse_port: true }) || listeners.len() != 1 {
+            return Ok(Sockets::Shared(listeners));
+        }
+        let first = listeners.remove(0);
+        // The address actually bound, so `bind = "…:0"` gives every slot the
+        // same port.
+        let addr = first.socket.local_addr()?;
+        Ok(Sockets::PerSlot {
+            addr,
+            backlog,
+            slots: [(1, first)].into(),
+        })
+    }
+
+    /// Listener descriptors for a worker in `slot`, binding the slot's
+    /// socket first if it has none yet (a first start or a scale-up).
+    ///
+    /// # Errors
+    /// Binding or lifting a new per-slot socket failed.
+    pub fn for_slot(&mut self, slot: usize) -> Result<Vec<RawFd>, String> {
+        match self {
+            Sockets::Shared(listeners) => {
+                Ok(listeners.iter().map(|l| l.socket.as_raw_fd()).collect())
+            }
+            Sockets::PerSlot {
+                addr,
+                backlog,
+                slots,
+            } => {
+                if let std::collections::btree_map::Entry::Vacant(e) = slots.entry(slot) {
+                    let bound = bind_one(*addr, *backlog, true).map_err(|e| e.to_string())?;
+                    e.insert(lift(bound).map_err(|e| e.to_string())?);
+                }
+                Ok(vec![slots[&slot].socket.as_raw_fd()])
+            }
+        }
+    }
+
+    /// Closes the per-slot sockets of slots above `keep`, once no worker of
+    /// theirs is meant to serve; a draining worker holds its own copy until
+    /// it exits.
+    pub fn release_above(&mut self, keep: usize) {
+        if let Sockets::PerSlot { slots, .. } = self {
+            slots.retain(|&slot, _| slot <= keep);
+        }
+    }
+
+    /// Names for the start-up log line.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Sockets::Shared(listeners) => listeners.iter().map(|l| l.name.clone()).collect(),
+            Sockets::PerSlot { addr, .. } => vec![format!("{addr} (reuse_port, one per worker)")],
+        }
+    }
 }

@@ -83,14 +83,16 @@ fn serve(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let listeners = match listen::listeners(bind, config.backlog)
+    let sockets = match listen::listeners(bind, config.backlog, config.reuse_port)
         .map_err(|e| e.to_string())
-        .and_then(|ls| {
-            ls.into_iter()
+        .and_then(|(ls, origin)| {
+            let lifted = ls
+                .into_iter()
                 .map(|l| listen::lift(l).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            listen::Sockets::new(lifted, origin, config.backlog).map_err(|e| e.to_string())
         }) {
-        Ok(l) => l,
+        Ok(s) => s,
         Err(e) => {
             eprintln!("ferricorn: {e}");
             return ExitCode::FAILURE;
@@ -112,7 +114,7 @@ fn serve(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(supervisor::run(loader, config, exe, listeners))
+    runtime.block_on(supervisor::run(loader, config, exe, sockets))
 }
 
 /// The path workers are started from: the path this process was started as

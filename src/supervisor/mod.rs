@@ -13,7 +13,7 @@ mod signals;
 mod spawn;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{ExitCode, ExitStatus};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, Loader};
 use crate::control::{Counters, DecodeError, SupervisorStatus, WorkerMessage};
-use crate::listen::Listener;
+use crate::listen::Sockets;
 use signals::{Intent, Signals};
 
 /// Exit code when no worker could become ready at first start (the app
@@ -127,7 +127,7 @@ enum Event {
 struct Supervisor {
     loader: Loader,
     exe: PathBuf,
-    listeners: Vec<Listener>,
+    sockets: Sockets,
     serving: Generation,
     pending: Option<Pending>,
     reload_queued: bool,
@@ -156,12 +156,7 @@ struct Supervisor {
 }
 
 /// Runs the supervisor until it stops.
-pub async fn run(
-    loader: Loader,
-    config: Config,
-    exe: PathBuf,
-    listeners: Vec<Listener>,
-) -> ExitCode {
+pub async fn run(loader: Loader, config: Config, exe: PathBuf, sockets: Sockets) -> ExitCode {
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -181,7 +176,7 @@ pub async fn run(
     let mut sup = Supervisor {
         loader,
         exe,
-        listeners,
+        sockets,
         phase: Phase::Booting {
             deadline: now + secs(serving.config.boot_timeout),
         },
@@ -204,7 +199,10 @@ pub async fn run(
         exit: None,
     };
     sup.cgroups = setup_cgroups(&sup.serving.config);
-    let names: Vec<&str> = sup.listeners.iter().map(|l| l.name.as_str()).collect();
+    let names = sup.sockets.names();
+    if sup.serving.config.reuse_port && matches!(sup.sockets, Sockets::Shared(_)) {
+        tracing::warn!("reuse_port applies only when ferricorn binds its own socket; systemd's sockets are shared by all workers");
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         build = %sup.serving.build,
@@ -313,13 +311,6 @@ fn backoff_delay(quick_deaths: u32) -> Duration {
 }
 
 impl Supervisor {
-    fn listener_fds(&self) -> Vec<RawFd> {
-        self.listeners
-            .iter()
-            .map(|l| l.socket.as_raw_fd())
-            .collect()
-    }
-
     fn stopping(&self) -> bool {
         matches!(self.phase, Phase::Stopping { .. })
     }
@@ -383,10 +374,19 @@ impl Supervisor {
         for pid in surplus {
             self.drain(pid, "scaled down");
         }
+        let pending_target = self.pending.as_ref().map_or(0, |p| p.generation.target);
+        self.sockets
+            .release_above(self.serving.target.max(pending_target));
     }
 
     fn start_worker(&mut self, pending: bool, slot: usize) {
-        let fds = self.listener_fds();
+        let fds = match self.sockets.for_slot(slot) {
+            Ok(fds) => fds,
+            Err(e) => {
+                tracing::error!(slot, error = %e, "cannot open the slot's socket");
+                return self.spawn_failed(slot, pending, format!("cannot open a socket: {e}"));
+            }
+        };
         let generation = match (&self.pending, pending) {
             (Some(p), true) => &p.generation,
             _ => &self.serving,
@@ -447,12 +447,18 @@ impl Supervisor {
                     cgroup::remove(path);
                 }
                 tracing::error!(slot, generation = number, error = %e, exe = %self.exe.display(), "cannot spawn worker");
-                if pending {
-                    self.abort_reload(format!("cannot spawn worker: {e}"));
-                } else {
-                    self.quick_death(slot, false);
-                }
+                self.spawn_failed(slot, pending, format!("cannot spawn worker: {e}"));
             }
+        }
+    }
+
+    /// A worker could not be started: a reload gives up, a serving slot
+    /// backs off as if its worker had died at once.
+    fn spawn_failed(&mut self, slot: usize, pending: bool, why: String) {
+        if pending {
+            self.abort_reload(why);
+        } else {
+            self.quick_death(slot, false);
         }
     }
 
