@@ -107,10 +107,11 @@ impl WorkerMessage {
                 "heartbeat {} {} {}\n",
                 c.requests, c.connections, c.websockets
             ),
-            // A reason is one word on the wire: whitespace would split it.
+            // A reason is one word on the wire: the whitespace `decode` splits on
+            // would split it (found by tests/integration/fuzz.rs).
             WorkerMessage::Retire(reason) => format!(
                 "retire {}\n",
-                reason.replace(|c: char| c.is_whitespace(), "_")
+                reason.replace(|c: char| c.is_ascii_whitespace(), "_")
             ),
             WorkerMessage::Draining => "draining\n".to_owned(),
         }

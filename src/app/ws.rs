@@ -1,10 +1,15 @@
 //! `/ws`: WebSocket echo of text and binary messages.
 //!
-//! Pings are answered by the protocol layer. On drain the worker's close
+//! Pings are answered by the protocol layer. The server pings a quiet
+//! client every `ws_ping_interval` and closes with 1011 if nothing comes
+//! back within `ws_ping_timeout`; a client that stops reading is dropped
+//! once a send has waited that long, so it holds one message at most. On drain the worker's close
 //! code goes to the client (1001 on stop, 1012 on reload or recycle, so it
 //! reconnects at once). A message over `ws_max_size` closes with 1009.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -16,6 +21,10 @@ use crate::worker::WorkerContext;
 /// every connection, idle or not (measured: 132 KiB per idle socket); a
 /// small one grows per read as messages need it.
 const READ_BUFFER: usize = 4 * 1024;
+
+/// Close code for a client that left a ping unanswered (RFC 6455 §7.4.1:
+/// an unexpected condition), as Python's websockets sends.
+const CLOSE_PING_TIMEOUT: u16 = 1011;
 
 /// How long a draining echo waits for the client's answering Close frame
 /// before dropping the connection anyway.
@@ -36,43 +45,90 @@ pub async fn echo(upgrade: WebSocketUpgrade, State(ctx): State<WorkerContext>) -
 }
 
 async fn run(mut socket: WebSocket, ctx: WorkerContext) {
+    let interval = Duration::from_secs_f64(ctx.config.ws_ping_interval);
+    let patience = Duration::from_secs_f64(ctx.config.ws_ping_timeout);
+    let pings = !interval.is_zero();
+    // Next ping due while the client is quiet; then the deadline for any
+    // frame from it in answer.
+    let mut ping_due = Instant::now() + interval;
+    let mut answer_by: Option<Instant> = None;
     loop {
+        let wake = answer_by.unwrap_or(ping_due);
         tokio::select! {
             () = ctx.drain.draining() => {
                 close(socket, ctx.drain.close_code(), "server going away").await;
                 return;
             }
-            message = socket.recv() => match message {
-                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if socket.send(message).await.is_err() {
+            () = tokio::time::sleep_until(wake), if pings => {
+                if answer_by.is_some() {
+                    tracing::debug!("WebSocket ping unanswered; closing");
+                    close(socket, CLOSE_PING_TIMEOUT, "ping timeout").await;
+                    return;
+                }
+                if !send_bounded(&mut socket, Message::Ping(Default::default()), patience, &ctx).await {
+                    return;
+                }
+                answer_by = Some(Instant::now() + patience);
+            }
+            message = socket.recv() => {
+                // Any frame shows the client alive, a pong or not.
+                answer_by = None;
+                ping_due = Instant::now() + interval;
+                match message {
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if !send_bounded(&mut socket, message, patience, &ctx).await {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Err(error)) => {
+                        if let Some((code, reason)) = close_code_for(error) {
+                            close(socket, code, reason).await;
+                        }
                         return;
                     }
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return,
-                Some(Err(error)) => {
-                    if let Some((code, reason)) = close_code_for(error) {
-                        close(socket, code, reason).await;
-                    }
-                    return;
-                }
-            },
+            }
         }
     }
 }
 
-/// Sends a Close frame and waits (bounded) for the client's reply, so the
-/// client sees a clean close rather than a reset.
+/// Sends one message; false if the connection should be dropped: the send
+/// failed, or the client has not taken it within `patience` (it stopped
+/// reading: what is queued for it is one message, never more), or the
+/// worker began draining meanwhile.
+async fn send_bounded(
+    socket: &mut WebSocket,
+    message: Message,
+    patience: Duration,
+    ctx: &WorkerContext,
+) -> bool {
+    tokio::select! {
+        sent = tokio::time::timeout(patience, socket.send(message)) => match sent {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::debug!("WebSocket client not reading; dropping it");
+                false
+            }
+        },
+        () = ctx.drain.draining() => false,
+    }
+}
+
+/// Sends a Close frame and waits for the client's reply, so the client
+/// sees a clean close rather than a reset; bounded as a whole, since a
+/// client that does not read cannot take the frame either.
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_err() {
-        return;
-    }
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
-        while let Some(Ok(_)) = socket.recv().await {}
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(_)) = socket.recv().await {}
+        }
     })
     .await;
 }

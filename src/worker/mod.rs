@@ -8,6 +8,7 @@
 
 mod access;
 mod drain;
+mod head;
 mod server;
 
 use std::io::{BufRead, BufReader, Read};
@@ -130,8 +131,11 @@ pub struct WorkerArgs {
     pub listeners: usize,
 }
 
+/// Builds a worker's routes, once, in the worker after it has started.
+pub type App = fn(WorkerContext) -> axum::Router;
+
 /// Runs a worker to completion.
-pub fn run(args: WorkerArgs) -> ExitCode {
+pub fn run(args: WorkerArgs, app: App) -> ExitCode {
     match boot(&args) {
         Ok((config, control, listeners)) => {
             logging::init(
@@ -142,6 +146,10 @@ pub fn run(args: WorkerArgs) -> ExitCode {
                     generation: args.generation,
                 },
             );
+            // To the log, with the worker's fields, rather than bare stderr.
+            // A panic in a handler is caught and answered with 500 (see
+            // server.rs); this records where and why.
+            std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
             let runtime = if config.threads == 1 {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -153,7 +161,7 @@ pub fn run(args: WorkerArgs) -> ExitCode {
                     .build()
             };
             match runtime {
-                Ok(rt) => rt.block_on(serve(args, config, control, listeners)),
+                Ok(rt) => rt.block_on(serve(args, config, control, listeners, app)),
                 Err(e) => {
                     eprintln!("ferricorn worker: cannot start runtime: {e}");
                     ExitCode::from(EXIT_WORKER_BOOT)
@@ -226,6 +234,7 @@ async fn serve(
     config: Config,
     control: std::os::unix::net::UnixStream,
     listeners: Vec<StdTcpListener>,
+    app: App,
 ) -> ExitCode {
     let control = match UnixStream::from_std(control) {
         Ok(c) => c,
@@ -319,7 +328,7 @@ async fn serve(
         }
     });
 
-    let router = crate::app::router(ctx.clone());
+    let router = app(ctx.clone());
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
         match tokio::net::TcpListener::from_std(listener) {

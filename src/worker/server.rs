@@ -8,11 +8,13 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -23,6 +25,7 @@ use tokio::sync::Notify;
 use tower::Service;
 
 use super::access::AccessRecord;
+use super::head::{Inspected, Limits, Verdicts};
 use super::WorkerContext;
 
 /// First pause after an accept error that a retry cannot fix at once
@@ -88,6 +91,16 @@ pub async fn accept_loop(listener: TcpListener, ctx: WorkerContext, router: Rout
     }
 }
 
+/// An empty response with `status` that closes the connection.
+fn closing(status: StatusCode) -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::empty());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// Errors about one connection that died in the backlog: retry at once.
 fn is_per_connection(e: &std::io::Error) -> bool {
     matches!(
@@ -101,6 +114,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
     // Responses are small; waiting for Nagle costs a round trip.
     let _ = stream.set_nodelay(true);
     let keepalive = Duration::from_secs_f64(ctx.config.keepalive);
+    let limits = Limits {
+        line: ctx.config.limit_request_line,
+        fields: ctx.config.limit_request_fields,
+        field_size: ctx.config.limit_request_field_size,
+    };
+    let verdicts = Arc::new(Verdicts::default());
+    let stream = Inspected::new(stream, limits, verdicts.clone());
     let request_ctx = ctx.clone();
     let activity = Arc::new(Activity::default());
     let request_activity = activity.clone();
@@ -108,6 +128,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
         let mut router = router.clone();
         let ctx = request_ctx.clone();
         let activity = request_activity.clone();
+        let refused = verdicts.next_request();
         activity.in_flight.store(true, Ordering::SeqCst);
         // Only a draining connection waits for this (it checks in_flight
         // after it starts listening, so no request slips between).
@@ -115,12 +136,29 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
             activity.started.notify_waiters();
         }
         async move {
+            if let Some(status) = refused {
+                // The stand-in for a head the inspector refused: never the app's.
+                activity.in_flight.store(false, Ordering::SeqCst);
+                return Ok(closing(status));
+            }
             let started = Instant::now();
             let (method, path) = match ctx.access_log {
                 Some(_) => (request.method().clone(), request.uri().path().to_owned()),
                 None => (Method::GET, String::new()),
             };
-            let mut response = router.call(request).await?;
+            let upgrade = request.headers().contains_key(header::UPGRADE);
+            let mut response = match AssertUnwindSafe(router.call(request)).catch_unwind().await {
+                Ok(response) => response?,
+                // The panic hook has logged it; the worker carries on.
+                Err(_) => closing(StatusCode::INTERNAL_SERVER_ERROR),
+            };
+            // A refused upgrade ends the connection: the inspector stopped
+            // reading it as HTTP at the `Upgrade` head.
+            if upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             activity.in_flight.store(false, Ordering::SeqCst);
             ctx.request_done();
             if let Some(log) = &ctx.access_log {
@@ -150,6 +188,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
         .timer(TokioTimer::new())
         .header_read_timeout(keepalive)
         .keep_alive(true);
+    if limits.fields != 0 {
+        // hyper's own cap (100) would otherwise answer first.
+        builder.max_headers(limits.fields);
+    }
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

@@ -54,6 +54,8 @@ pub struct Options {
     /// Extra environment for the shell wrapper (`WATCHDOG_USEC`...), with
     /// `$$` expanding to the server's pid.
     pub wrapper_env: String,
+    /// RLIMIT_NOFILE for the server (and so its workers).
+    pub nofile: Option<u64>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             env: Vec::new(),
             exe: None,
             wrapper_env: String::new(),
+            nofile: None,
         }
     }
 }
@@ -164,11 +167,25 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        if let Some(listener_fd) = listener.as_ref().map(AsRawFd::as_raw_fd) {
-            // SAFETY: only async-signal-safe calls between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || move_to_fd3(listener_fd));
-            }
+        let listener_fd = listener.as_ref().map(AsRawFd::as_raw_fd);
+        let nofile = opts.nofile;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = listener_fd {
+                    move_to_fd3(fd)?;
+                }
+                if let Some(n) = nofile {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         let mut child = cmd.spawn().expect("spawn ferricorn");
         drop(listener);
@@ -504,4 +521,69 @@ pub fn copy_binary(dir: &Path) -> PathBuf {
     let path = dir.join("ferricorn");
     std::fs::copy(BIN, &path).expect("copy binary");
     path
+}
+
+/// The `faults` example: ferricorn with routes that panic, abort and leak.
+pub fn faults_binary() -> PathBuf {
+    let path = Path::new(BIN)
+        .parent()
+        .expect("target dir")
+        .join("examples/faults");
+    assert!(
+        path.exists(),
+        "{} is missing: plain `cargo test` builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Writes `request` on a new connection and reads until the server closes
+/// it (or `limit` passes): (bytes read, whether the server closed).
+pub fn exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    // The server may answer and close before all of a long request is
+    // written; what it read is what counts.
+    let _ = stream.write_all(request);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset after the response is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// The status codes of the responses in `raw`, in order.
+pub fn statuses(raw: &[u8]) -> Vec<u16> {
+    String::from_utf8_lossy(raw)
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, m)| raw.get(i + m.len()..i + m.len() + 3))
+        .filter_map(|code| std::str::from_utf8(code).ok()?.parse().ok())
+        .collect()
+}
+
+/// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // utime and stime: fields 14 and 15 of stat(5), 11 and 12 after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Resident set of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
 }

@@ -3,6 +3,8 @@
 
 mod config;
 mod foundation;
+mod fuzz;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod websocket;

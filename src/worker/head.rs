@@ -1,0 +1,452 @@
+//! Request-head limits and framing checks, applied to the byte stream
+//! before hyper parses it: Gunicorn's `limit_request_line`,
+//! `limit_request_fields` and `limit_request_field_size`, and the refusal of
+//! a request carrying both `Content-Length` and `Transfer-Encoding` (the
+//! request-smuggling shape; hyper alone would let `Transfer-Encoding` win
+//! and hand the request to the app).
+//!
+//! [`Inspected`] wraps a connection's stream. It holds each request head back
+//! until it is complete and checked, and follows the body framing
+//! (`Content-Length` or chunked) only to find where the next head starts; it
+//! never changes a byte hyper sees. A head that breaks a rule is replaced by
+//! a minimal `GET` marked as rejected in the connection's [`Verdicts`], which
+//! the service answers with the status, so every response on the connection
+//! is still written by hyper, in order; the connection then ends.
+//!
+//! Framing errors hyper detects itself (garbage, a bad `Content-Length`, a
+//! `Transfer-Encoding` that does not end in chunked) are left to hyper,
+//! which answers 400 and closes. After an `Upgrade` or `CONNECT` head the
+//! bytes are no longer HTTP, and inspection stops.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The request hyper is given in place of a rejected head.
+const REJECTED_HEAD: &[u8] = b"GET / HTTP/1.1\r\nhost: rejected\r\nconnection: close\r\n\r\n";
+/// Longest chunk-size line (with extensions) or trailer section followed.
+const CHUNK_LINE_MAX: usize = 4096;
+const TRAILERS_MAX: usize = 16 * 1024;
+
+/// The three limits, 0 meaning none of ferricorn's own.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub line: usize,
+    pub fields: usize,
+    pub field_size: usize,
+}
+
+impl Limits {
+    /// The most a head may grow to before it is refused unseen.
+    fn head_max(&self) -> usize {
+        let line = if self.line == 0 { 64 * 1024 } else { self.line };
+        let fields = if self.fields == 0 { 100 } else { self.fields };
+        let size = if self.field_size == 0 {
+            64 * 1024
+        } else {
+            self.field_size
+        };
+        line + 2 + fields.saturating_mul(size + 2) + 2
+    }
+
+    /// Checks a complete head in one pass; the body framing that follows
+    /// it, or the status to refuse it with.
+    fn inspect(&self, head: &[u8]) -> Result<Framing, (StatusCode, &'static str)> {
+        let mut lines = head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .skip_while(|l| l.is_empty());
+        let request_line = lines.next().unwrap_or_default();
+        if self.line != 0 && request_line.len() > self.line {
+            return Err((StatusCode::URI_TOO_LONG, "request line too long"));
+        }
+        let mut fields = 0usize;
+        let (mut content_length, mut transfer_encoding, mut upgrade) = (None, None, false);
+        for line in lines.take_while(|l| !l.is_empty()) {
+            fields += 1;
+            if self.fields != 0 && fields > self.fields {
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return Err((status, "too many header fields"));
+            }
+            if self.field_size != 0 && line.len() > self.field_size {
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                return Err((status, "header field too large"));
+            }
+            if let Some(v) = value(line, b"content-length") {
+                content_length = Some(v);
+            } else if let Some(v) = value(line, b"transfer-encoding") {
+                transfer_encoding = Some(v);
+            } else if value(line, b"upgrade").is_some() {
+                upgrade = true;
+            }
+        }
+        if content_length.is_some() && transfer_encoding.is_some() {
+            let why = "both Content-Length and Transfer-Encoding";
+            return Err((StatusCode::BAD_REQUEST, why));
+        }
+        let connect =
+            request_line.len() >= 8 && request_line[..8].eq_ignore_ascii_case(b"CONNECT ");
+        Ok(if connect || upgrade {
+            // What follows is not HTTP (or a refused upgrade: the service
+            // closes the connection after it).
+            Framing::Opaque
+        } else if let Some(te) = transfer_encoding {
+            let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
+            if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                Framing::ChunkSize(Vec::new())
+            } else {
+                // hyper refuses it with 400.
+                Framing::Opaque
+            }
+        } else {
+            match content_length.map(|v| {
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+            }) {
+                None | Some(Some(0)) => Framing::Head,
+                Some(Some(n)) => Framing::Body(n),
+                // hyper refuses it with 400.
+                Some(None) => Framing::Opaque,
+            }
+        })
+    }
+}
+
+/// The trimmed value if `line` is the header field `name`.
+fn value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let is = line.len() > name.len()
+        && line[name.len()] == b':'
+        && line[..name.len()].eq_ignore_ascii_case(name);
+    is.then(|| line[name.len() + 1..].trim_ascii())
+}
+
+/// Which requests of a connection were rejected, shared by the stream
+/// wrapper that decides and the service that answers.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    /// Heads handed to hyper so far.
+    delivered: AtomicU64,
+    /// Index (1-based) of the rejected head, and its status; 0 for none.
+    rejected_at: AtomicU64,
+    status: AtomicU16,
+    /// Requests the service has seen.
+    served: AtomicU64,
+}
+
+impl Verdicts {
+    /// Call once per request the service receives: the status to answer
+    /// with if this is the rejected head's stand-in.
+    pub fn next_request(&self) -> Option<StatusCode> {
+        let index = self.served.fetch_add(1, Ordering::SeqCst) + 1;
+        if index != self.rejected_at.load(Ordering::SeqCst) {
+            return None;
+        }
+        StatusCode::from_u16(self.status.load(Ordering::SeqCst)).ok()
+    }
+}
+
+/// Where the stream is in the request it carries.
+#[derive(Debug)]
+enum Framing {
+    /// Between requests: a head comes next.
+    Head,
+    /// `n` more body bytes.
+    Body(u64),
+    /// Chunked body: the size line so far.
+    ChunkSize(Vec<u8>),
+    /// `n` more bytes of chunk data (its CRLF is read as a blank size line).
+    ChunkData(u64),
+    /// Trailer section after the last chunk: the current line and the
+    /// section's size so far.
+    Trailers(Vec<u8>, usize),
+    /// Not HTTP any more (upgrade), or framing hyper will refuse: pass on.
+    Opaque,
+    /// A head was rejected: nothing more is read.
+    Closed,
+}
+
+/// A connection's stream with the checks above applied.
+pub struct Inspected<S> {
+    inner: S,
+    limits: Limits,
+    verdicts: Arc<Verdicts>,
+    framing: Framing,
+    /// A head being collected across reads.
+    head: Vec<u8>,
+    /// Checked bytes waiting for hyper, from `ready_from` on.
+    ready: Vec<u8>,
+    ready_from: usize,
+}
+
+impl<S> Inspected<S> {
+    pub fn new(inner: S, limits: Limits, verdicts: Arc<Verdicts>) -> Self {
+        Inspected {
+            inner,
+            limits,
+            verdicts,
+            framing: Framing::Head,
+            head: Vec::new(),
+            ready: Vec::new(),
+            ready_from: 0,
+        }
+    }
+
+    /// Follows the framing through `data` in place. Returns how many leading
+    /// bytes may go to hyper as they are; it stops at a head that is not
+    /// complete within `data`, or that breaks a rule.
+    fn scan(&mut self, data: &[u8]) -> usize {
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            match &mut self.framing {
+                Framing::Opaque => return data.len(),
+                Framing::Closed => return pos,
+                Framing::Body(n) | Framing::ChunkData(n) => {
+                    let take = (*n).min(rest.len() as u64);
+                    *n -= take;
+                    pos += take as usize;
+                    if *n == 0 {
+                        self.framing = match self.framing {
+                            Framing::Body(_) => Framing::Head,
+                            _ => Framing::ChunkSize(Vec::new()),
+                        };
+                    }
+                }
+                Framing::ChunkSize(line) => {
+                    let (taken, done) = take_line(rest, line);
+                    pos += taken;
+                    if line.len() > CHUNK_LINE_MAX {
+                        self.framing = Framing::Opaque;
+                    } else if done {
+                        self.framing = match chunk_size(line) {
+                            Some(0) => Framing::Trailers(Vec::new(), 0),
+                            Some(n) => Framing::ChunkData(n),
+                            // The CRLF after a chunk's data.
+                            None if line.trim_ascii().is_empty() => Framing::ChunkSize(Vec::new()),
+                            None => Framing::Opaque,
+                        };
+                    }
+                }
+                Framing::Trailers(line, total) => {
+                    let (taken, done) = take_line(rest, line);
+                    pos += taken;
+                    *total += taken;
+                    if done {
+                        let last = line.trim_ascii().is_empty();
+                        line.clear();
+                        if last {
+                            self.framing = Framing::Head;
+                        }
+                    } else if *total > TRAILERS_MAX {
+                        self.framing = Framing::Opaque;
+                    }
+                }
+                Framing::Head => {
+                    // Blank lines before a request are ignored (RFC 9112 §2.2).
+                    if matches!(rest[0], b'\r' | b'\n') {
+                        pos += 1;
+                        continue;
+                    }
+                    let Some(end) = head_end(rest, 0) else {
+                        return pos;
+                    };
+                    match self.limits.inspect(&rest[..end]) {
+                        Ok(framing) => self.accept_head(framing),
+                        Err(_) => return pos,
+                    }
+                    pos += end;
+                }
+            }
+        }
+        pos
+    }
+
+    /// Takes bytes `scan` stopped at: a head begun here or in an earlier
+    /// read. Whatever may go to hyper is appended to `ready`.
+    fn take_head(&mut self, mut pending: Vec<u8>) {
+        loop {
+            let searched = self.head.len().saturating_sub(3);
+            self.head.append(&mut pending);
+            let Some(end) = head_end(&self.head, searched) else {
+                let open_line = !self.head.contains(&b'\n');
+                if open_line && self.limits.line != 0 && self.head.len() > self.limits.line + 1 {
+                    self.reject(StatusCode::URI_TOO_LONG, "request line too long");
+                } else if self.head.len() > self.limits.head_max() {
+                    self.reject(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request head too large",
+                    );
+                }
+                return;
+            };
+            let mut head = std::mem::take(&mut self.head);
+            let after = head.split_off(end);
+            match self.limits.inspect(&head) {
+                Ok(framing) => self.accept_head(framing),
+                Err((status, why)) => return self.reject(status, why),
+            }
+            self.ready.extend_from_slice(&head);
+            let passed = self.scan(&after);
+            self.ready.extend_from_slice(&after[..passed]);
+            if passed == after.len() {
+                return;
+            }
+            // Another head begins within what was read.
+            pending = after[passed..].to_vec();
+        }
+    }
+
+    fn accept_head(&mut self, framing: Framing) {
+        self.verdicts.delivered.fetch_add(1, Ordering::SeqCst);
+        self.framing = framing;
+    }
+
+    /// Puts the stand-in request in place of the refused head and ends the
+    /// stream after it.
+    fn reject(&mut self, status: StatusCode, why: &'static str) {
+        tracing::debug!(status = status.as_u16(), reason = why, "request refused");
+        let index = self.verdicts.delivered.fetch_add(1, Ordering::SeqCst) + 1;
+        self.verdicts
+            .status
+            .store(status.as_u16(), Ordering::SeqCst);
+        self.verdicts.rejected_at.store(index, Ordering::SeqCst);
+        self.head = Vec::new();
+        self.ready.extend_from_slice(REJECTED_HEAD);
+        self.framing = Framing::Closed;
+    }
+}
+
+/// The end (exclusive) of a head that starts at `buf[0]`: just past the
+/// blank line that closes it. `from` skips what an earlier search covered.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            Some(_) => i = nl + 1,
+            None => return None,
+        }
+    }
+    None
+}
+
+/// Appends `rest` up to and including a newline to `line`: (bytes taken,
+/// whether the line ended).
+fn take_line(rest: &[u8], line: &mut Vec<u8>) -> (usize, bool) {
+    match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            line.extend_from_slice(&rest[..=i]);
+            (i + 1, true)
+        }
+        None => {
+            line.extend_from_slice(rest);
+            (rest.len(), false)
+        }
+    }
+}
+
+/// The size on a chunk-size line (hex, before any `;` extension).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Inspected<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.ready_from < this.ready.len() {
+                let n = (this.ready.len() - this.ready_from).min(buf.remaining());
+                buf.put_slice(&this.ready[this.ready_from..this.ready_from + n]);
+                this.ready_from += n;
+                if this.ready_from == this.ready.len() {
+                    this.ready.clear();
+                    this.ready_from = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(this.framing, Framing::Closed) {
+                // Not end-of-stream: hyper takes that for a client gone and
+                // would drop the stand-in's response. The response says
+                // `Connection: close`, so hyper ends the connection itself.
+                return Poll::Pending;
+            }
+            let before = buf.filled().len();
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let after = buf.filled().len();
+            if after == before {
+                // End of stream: a partial head goes to hyper, which reports
+                // the incomplete message, then the end.
+                if this.head.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                this.ready = std::mem::take(&mut this.head);
+                this.framing = Framing::Opaque;
+                continue;
+            }
+            let passed = if this.head.is_empty() {
+                this.scan(&buf.filled()[before..after])
+            } else {
+                0
+            };
+            if before + passed == after {
+                return Poll::Ready(Ok(()));
+            }
+            let held = buf.filled()[before + passed..after].to_vec();
+            buf.set_filled(before + passed);
+            this.take_head(held);
+            if passed > 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Inspected<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

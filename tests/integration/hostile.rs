@@ -1,0 +1,522 @@
+//! Hostile input and faults: slow and oversized requests, malformed HTTP
+//! and request-smuggling shapes, WebSocket abuse, connection floods,
+//! descriptor exhaustion, and handlers that panic, abort or leak. Each test
+//! shows the defined answer and that the worker keeps serving.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+use crate::websocket::{connect, runtime};
+
+/// The one worker's pid, from `/health`.
+fn worker_pid(server: &Server) -> u64 {
+    server.health()["pid"].as_u64().expect("pid")
+}
+
+fn one_worker(config: &str) -> Server {
+    let mut server = Server::start(Options {
+        workers: 1,
+        config: config.into(),
+        ..Options::default()
+    });
+    server.wait_ready();
+    server
+}
+
+#[test]
+fn slow_headers_are_cut_off_while_others_are_served() {
+    let server = one_worker("keepalive = 1");
+    let addr = server.addr;
+    // 200 clients trickle an endless header, a byte per 100 ms each.
+    let mut slow: Vec<Option<TcpStream>> = (0..200)
+        .map(|_| Some(TcpStream::connect(addr).expect("connect")))
+        .collect();
+    for s in slow.iter_mut().flatten() {
+        s.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ").unwrap();
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let r = get(addr, "/health").expect("health during slowloris");
+                assert_eq!(r.status, 200);
+                latencies.push(started.elapsed());
+            }
+            latencies
+        })
+    };
+    let started = Instant::now();
+    eventually(
+        "every slow connection closed by the server",
+        PATIENCE,
+        || {
+            for entry in slow.iter_mut() {
+                if let Some(s) = entry {
+                    // A write to a connection the server closed fails (reset)
+                    // within a write or two.
+                    if s.write_all(b"a").is_err() {
+                        *entry = None;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            slow.iter().all(Option::is_none).then_some(())
+        },
+    );
+    let cut_after = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = prober.join().expect("prober");
+    latencies.sort();
+    eprintln!(
+        "slowloris: 200 connections cut after {cut_after:?}; {} health checks meanwhile, p50 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert!(latencies.len() >= 5, "health checks starved");
+    // keepalive = 1 s bounds the head; the trickle kept going far longer.
+    assert!(
+        cut_after < Duration::from_secs(10),
+        "slow heads were not timed out"
+    );
+}
+
+#[test]
+fn oversized_heads_get_414_and_431_and_the_worker_lives() {
+    let server = one_worker(
+        "limit_request_line = 200\nlimit_request_fields = 20\nlimit_request_field_size = 300",
+    );
+    let pid = worker_pid(&server);
+    let addr = server.addr;
+    let within = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(150));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("line within the limit", within.into_bytes(), 404),
+        (
+            "request line over limit_request_line",
+            format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(250)).into_bytes(),
+            414,
+        ),
+        (
+            "request line still arriving past the limit",
+            format!("GET /{}", "a".repeat(5000)).into_bytes(),
+            414,
+        ),
+        (
+            "more fields than limit_request_fields",
+            format!(
+                "GET /health HTTP/1.1\r\n{}\r\n",
+                (0..21).map(|i| format!("X-{i}: 1\r\n")).collect::<String>()
+            )
+            .into_bytes(),
+            431,
+        ),
+        (
+            "a field over limit_request_field_size",
+            format!("GET /health HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(400)).into_bytes(),
+            431,
+        ),
+        (
+            "a head without end, past every limit",
+            format!("GET /health HTTP/1.1\r\n{}", "X: 1\r\n".repeat(100_000)).into_bytes(),
+            431,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let (raw, closed) = exchange(addr, &request, PATIENCE);
+        assert_eq!(statuses(&raw), vec![status], "{what}");
+        if status != 404 {
+            assert!(closed, "{what}: connection left open");
+        }
+    }
+    // A good request pipelined before a bad one is answered first.
+    let mut pipelined = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+    pipelined.extend(format!("GET /health HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(400)).bytes());
+    let (raw, closed) = exchange(addr, &pipelined, PATIENCE);
+    assert_eq!(statuses(&raw), vec![200, 431]);
+    assert!(closed);
+    assert_eq!(worker_pid(&server), pid, "the worker was replaced");
+}
+
+#[test]
+fn bodies_on_health_are_not_read_into_memory() {
+    let server = one_worker("");
+    let pid = worker_pid(&server);
+    let before = rss_kib(pid as u32);
+    // Declares 1 GiB and sends 64 MiB of it: answered, then closed, never
+    // buffered.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 1073741824\r\n\r\n")
+        .unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..64 {
+        match stream.write_all(&chunk) {
+            Ok(()) => sent += chunk.len(),
+            Err(_) => break,
+        }
+    }
+    let after = rss_kib(pid as u32);
+    eprintln!(
+        "body: {} MiB sent of a declared 1 GiB; worker RSS {before} KiB -> {after} KiB",
+        sent >> 20
+    );
+    assert!(
+        after < before + 16 * 1024,
+        "worker grew by {} KiB",
+        after - before
+    );
+    assert_eq!(worker_pid(&server), pid);
+}
+
+#[test]
+fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
+    let server = one_worker("");
+    let pid = worker_pid(&server);
+    let requests_before = server.health()["counters"]["requests"].as_u64().unwrap();
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        ("garbage bytes", "\u{1}\u{2}\u{3} garbage\r\n\r\n".into()),
+        ("invalid method", "G(ET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".into()),
+        ("unknown version", "GET /smuggled HTTP/9.9\r\nHost: a\r\n\r\n".into()),
+        (
+            "Content-Length then Transfer-Encoding",
+            format!("POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            format!("POST /smuggled HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "two different Content-Lengths",
+            "POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".into(),
+        ),
+        (
+            "signed Content-Length",
+            "POST /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello".into(),
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            "POST /smuggled HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            "POST /smuggled HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "obsolete line folding",
+            "GET /smuggled HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n".into(),
+        ),
+        (
+            "space before the colon",
+            "GET /smuggled HTTP/1.1\r\nHost : a\r\n\r\n".into(),
+        ),
+    ];
+    for (what, request) in &cases {
+        let (raw, closed) = exchange(server.addr, request.as_bytes(), PATIENCE);
+        assert_eq!(
+            statuses(&raw),
+            vec![400],
+            "{what}: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        assert!(closed, "{what}: connection left open");
+    }
+    let log = server.log();
+    assert!(
+        !log.contains("/smuggled"),
+        "a request reached the app:\n{log}"
+    );
+    let requests_after = server.health()["counters"]["requests"].as_u64().unwrap();
+    // Only the /health calls of this test were served.
+    assert_eq!(requests_after, requests_before + 1);
+    assert_eq!(worker_pid(&server), pid);
+}
+
+/// A WebSocket handshake by hand, so the test can send frames no client
+/// library would.
+async fn raw_websocket(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// Reads frames until a Close frame; its status code.
+async fn raw_close_code(stream: &mut tokio::net::TcpStream) -> u16 {
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            stream.read_exact(&mut h).await.unwrap();
+            let len = match h[1] & 0x7f {
+                126 => stream.read_u16().await.unwrap() as usize,
+                127 => stream.read_u64().await.unwrap() as usize,
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            if h[0] & 0x0f == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("close frame")
+}
+
+/// A masked client frame.
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+#[test]
+fn bad_websocket_frames_close_with_1002_and_1007() {
+    let server = one_worker("");
+    let pid = worker_pid(&server);
+    runtime().block_on(async {
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("unmasked client frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+            (
+                "reserved bits set",
+                {
+                    let mut f = frame(0x1, b"hi");
+                    f[0] |= 0x40;
+                    f
+                },
+                1002,
+            ),
+            ("unknown opcode", frame(0x3, b"hi"), 1002),
+            (
+                "invalid UTF-8 in a text frame",
+                frame(0x1, &[0xff, 0xfe, 0xfd]),
+                1007,
+            ),
+        ];
+        for (what, bytes, code) in cases {
+            let mut ws = raw_websocket(server.addr).await;
+            ws.write_all(&bytes).await.unwrap();
+            assert_eq!(raw_close_code(&mut ws).await, code, "{what}");
+        }
+    });
+    assert_eq!(worker_pid(&server), pid);
+}
+
+#[test]
+fn unanswered_ping_closes_with_1011_while_a_live_client_stays() {
+    let server = one_worker("ws_ping_interval = 0.3\nws_ping_timeout = 0.6");
+    runtime().block_on(async {
+        // Reads (so tungstenite answers each ping) for well past the timeout.
+        let mut live = connect(server.addr).await;
+        // Never reads, so never answers.
+        let mut silent = raw_websocket(server.addr).await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut pings = 0;
+        while let Ok(Some(message)) = tokio::time::timeout_at(until, live.next()).await {
+            match message.expect("live client read") {
+                Message::Ping(_) => pings += 1,
+                other => panic!("live client got {other:?}"),
+            }
+        }
+        assert!(pings >= 3, "{pings} pings in 3 s");
+        // The silent one was pinged, then closed with 1011.
+        assert_eq!(raw_close_code(&mut silent).await, 1011);
+        live.send(Message::text("still here")).await.unwrap();
+        loop {
+            match live.next().await.unwrap().unwrap() {
+                Message::Ping(_) => continue,
+                m => break assert_eq!(m, Message::text("still here")),
+            }
+        }
+    });
+}
+
+#[test]
+fn client_that_never_reads_is_dropped_without_growing_the_worker() {
+    let server = one_worker("ws_ping_timeout = 1");
+    let pid = worker_pid(&server) as u32;
+    let before = rss_kib(pid);
+    let sent = runtime().block_on(async {
+        let mut ws = connect(server.addr).await;
+        let message = Message::binary(vec![7u8; 256 * 1024]);
+        let mut sent = 0usize;
+        // Sends echo requests and never reads a reply; the server's sends
+        // stall, it stops reading, and this side stalls in turn.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.send(message.clone())).await {
+                Ok(Ok(())) => sent += 1,
+                // Stalled: the server is no longer reading.
+                Err(_) => break,
+                // The server dropped the connection.
+                Ok(Err(_)) => break,
+            }
+            assert!(sent < 4096, "1 GiB accepted without backpressure");
+        }
+        sent
+    });
+    eventually("the stalled WebSocket dropped", PATIENCE, || {
+        (server.health()["counters"]["websockets"] == 0).then_some(())
+    });
+    let after = rss_kib(pid);
+    eprintln!("never-reading client: {sent} × 256 KiB sent before backpressure; worker RSS {before} -> {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "worker grew by {} KiB",
+        after - before
+    );
+    assert_eq!(worker_pid(&server), pid as u64);
+}
+
+#[test]
+fn connection_flood_waits_in_the_backlog_and_health_still_answers() {
+    let mut server = Server::start(Options {
+        workers: 2,
+        config: "worker_connections = 10\nkeepalive = 1".into(),
+        // ferricorn's own backlog (2048), not the test's socket's 128.
+        socket: Socket::SelfBound,
+        ..Options::default()
+    });
+    server.wait_ready();
+    let pids = server.worker_pids();
+    // 100 idle connections: 5 × the 20 slots. Each round of 20 is cut at
+    // the 1 s keepalive, so /health waits its turn in the backlog.
+    let flood: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(server.addr).expect("connect: refused by the flood"))
+        .collect();
+    let started = Instant::now();
+    let health = eventually("health through the flood", PATIENCE, || {
+        server.get("/health").ok()
+    });
+    let waited = started.elapsed();
+    assert_eq!(health.status, 200);
+    let body: serde_json::Value = serde_json::from_str(&health.body).unwrap();
+    let open = body["counters"]["connections"].as_u64().unwrap();
+    eprintln!(
+        "flood: /health answered after {waited:?} with {open} connections open in its worker"
+    );
+    assert!(open <= 10, "worker_connections exceeded: {open}");
+    drop(flood);
+    assert_eq!(server.distinct_health_pids(2).len(), 2);
+    assert_eq!(server.worker_pids(), pids, "a worker was replaced");
+}
+
+#[test]
+fn descriptor_exhaustion_backs_off_logs_once_and_recovers() {
+    let mut server = Server::start(Options {
+        workers: 1,
+        // Above the supervisor's descriptor floor (64), far below the
+        // default.
+        nofile: Some(128),
+        ..Options::default()
+    });
+    server.wait_ready();
+    let worker = server.worker_pids()[0];
+    // Idle keep-alive connections until the worker's table is full.
+    let held: Vec<TcpStream> = (0..160)
+        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+        .collect();
+    server.wait_log("accept failed; backing off");
+    let cpu_before = cpu_seconds(worker);
+    let window = Instant::now();
+    eventually("a 2 s window", PATIENCE, || {
+        (window.elapsed() >= Duration::from_secs(2)).then_some(())
+    });
+    let cpu = cpu_seconds(worker) - cpu_before;
+    let elapsed = window.elapsed().as_secs_f64();
+    eprintln!("EMFILE: worker used {cpu:.2} s CPU in {elapsed:.1} s");
+    assert!(cpu < 0.5 * elapsed, "accept loop spinning: {cpu:.2} s CPU");
+    assert_eq!(
+        server.log().matches("accept failed; backing off").count(),
+        1
+    );
+    drop(held);
+    let r = eventually("service back once descriptors free", PATIENCE, || {
+        server.get("/health").ok()
+    });
+    assert_eq!(r.status, 200);
+    assert_eq!(server.worker_pids(), vec![worker]);
+}
+
+fn faulty_server(config: &str) -> Server {
+    let mut server = Server::start(Options {
+        workers: 1,
+        config: config.into(),
+        exe: Some(faults_binary()),
+        ..Options::default()
+    });
+    server.wait_ready();
+    server
+}
+
+#[test]
+fn panicking_handler_gets_500_and_the_worker_lives() {
+    let server = faulty_server("");
+    let pid = worker_pid(&server);
+    for _ in 0..3 {
+        assert_eq!(server.get("/fault/panic").unwrap().status, 500);
+    }
+    server.wait_log("deliberate panic in a handler");
+    assert_eq!(worker_pid(&server), pid);
+    assert!(!server.log().contains("worker exited"), "{}", server.log());
+}
+
+#[test]
+fn aborting_worker_is_replaced() {
+    let server = faulty_server("");
+    let pid = worker_pid(&server);
+    assert!(
+        server.get("/fault/abort").is_err(),
+        "an abort answers nothing"
+    );
+    server.wait_log("signal 6 (SIGABRT)");
+    let new = eventually("a replacement answering", PATIENCE, || {
+        server.get("/health").ok().filter(|r| r.status == 200)
+    });
+    let body: serde_json::Value = serde_json::from_str(&new.body).unwrap();
+    assert_ne!(body["pid"].as_u64().unwrap(), pid);
+}
+
+#[test]
+fn leaking_worker_is_recycled_gracefully_past_memory_high() {
+    let server = faulty_server("memory_high = \"64M\"");
+    let pid = worker_pid(&server);
+    assert_eq!(server.get("/fault/leak?mib=80").unwrap().status, 200);
+    server.wait_log("worker above memory_high");
+    let replaced = eventually("the leaking worker replaced", PATIENCE, || {
+        let now = worker_pid(&server);
+        (now != pid).then_some(now)
+    });
+    assert!(rss_kib(replaced as u32) < 64 * 1024);
+    server.wait_log("successor ready");
+}
