@@ -373,6 +373,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inspected<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            // Nothing to read into; a zero-byte read here is not the end.
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if this.ready_from < this.ready.len() {
                 let n = (this.ready.len() - this.ready_from).min(buf.remaining());
@@ -448,5 +452,159 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Inspected<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A peer whose bytes arrive in the given pieces.
+    struct Pieces(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            // An empty read means end of stream; a socket never returns one
+            // otherwise, so neither does this peer.
+            while self.0.front().is_some_and(Vec::is_empty) {
+                self.0.pop_front();
+            }
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        line: 200,
+        fields: 10,
+        field_size: 100,
+    };
+
+    /// One valid request: no body, a sized body, or a chunked body with
+    /// extensions and a trailer.
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        let path = proptest::collection::vec(proptest::sample::select(b"abc/.-_".to_vec()), 0..50);
+        let body = proptest::collection::vec(any::<u8>(), 0..300);
+        let chunks = proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..80), 0..5);
+        (path, 0..3u8, body, chunks).prop_map(|(path, kind, body, chunks)| {
+            let target = String::from_utf8(path).unwrap();
+            let mut out = format!("POST /{target} HTTP/1.1\r\nHost: a\r\n").into_bytes();
+            match kind {
+                0 => out.extend_from_slice(b"\r\n"),
+                1 => {
+                    out.extend(format!("Content-Length: {}\r\n\r\n", body.len()).bytes());
+                    out.extend_from_slice(&body);
+                }
+                _ => {
+                    out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    for chunk in &chunks {
+                        out.extend(format!("{:x};ext=1\r\n", chunk.len()).bytes());
+                        out.extend_from_slice(chunk);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\nTrailer: t\r\n\r\n");
+                }
+            }
+            out
+        })
+    }
+
+    /// Splits `bytes` at the given cut points (any order, any range).
+    fn pieces(bytes: &[u8], cuts: &[usize]) -> Pieces {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = VecDeque::new();
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            out.push_back(bytes[from..cut].to_vec());
+            from = cut;
+        }
+        Pieces(out)
+    }
+
+    /// Reads `want` bytes through the inspector, `read_size` at a time.
+    fn read_through(
+        input: Pieces,
+        want: usize,
+        read_size: usize,
+        verdicts: Arc<Verdicts>,
+    ) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut inspected = Inspected::new(input, LIMITS, verdicts);
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; read_size];
+            while out.len() < want {
+                let n = inspected.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            out
+        })
+    }
+
+    proptest! {
+        /// Valid pipelined requests pass unchanged however the bytes are
+        /// split, and every head is counted.
+        #[test]
+        fn valid_requests_pass_unchanged(
+            requests in proptest::collection::vec(request(), 1..6),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            read_size in 1usize..9000,
+        ) {
+            let stream: Vec<u8> = requests.concat();
+            let verdicts = Arc::new(Verdicts::default());
+            let out = read_through(pieces(&stream, &cuts), stream.len(), read_size, verdicts.clone());
+            prop_assert_eq!(&out, &stream);
+            prop_assert_eq!(verdicts.delivered.load(Ordering::SeqCst), requests.len() as u64);
+            prop_assert_eq!(verdicts.rejected_at.load(Ordering::SeqCst), 0);
+        }
+
+        /// A bad head after valid requests: they pass, then the stand-in,
+        /// with the verdict on the right request.
+        #[test]
+        fn bad_head_is_replaced_after_the_good_ones(
+            requests in proptest::collection::vec(request(), 0..4),
+            bad in prop_oneof![
+                (201usize..400).prop_map(|n| (format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(n)), 414u16)),
+                (11usize..20).prop_map(|n| (format!("GET / HTTP/1.1\r\n{}\r\n", "X: 1\r\n".repeat(n)), 431)),
+                (101usize..200).prop_map(|n| (format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(n)), 431)),
+                Just(("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned(), 400)),
+            ],
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+            read_size in 1usize..9000,
+        ) {
+            let good: Vec<u8> = requests.concat();
+            let mut stream = good.clone();
+            stream.extend_from_slice(bad.0.as_bytes());
+            let verdicts = Arc::new(Verdicts::default());
+            let want = good.len() + REJECTED_HEAD.len();
+            let out = read_through(pieces(&stream, &cuts), want, read_size, verdicts.clone());
+            prop_assert_eq!(&out[..good.len()], &good[..]);
+            prop_assert_eq!(&out[good.len()..], REJECTED_HEAD);
+            for _ in &requests {
+                prop_assert_eq!(verdicts.next_request(), None);
+            }
+            prop_assert_eq!(verdicts.next_request().map(|s| s.as_u16()), Some(bad.1));
+        }
     }
 }
