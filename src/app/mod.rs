@@ -11,8 +11,9 @@
 //! never before the supervisor spawns workers, so no connection crosses a
 //! fork.
 
+mod chat;
 mod health;
-mod ws;
+pub mod ws;
 
 use axum::routing::get;
 use axum::Router;
@@ -24,5 +25,6 @@ pub fn router(ctx: WorkerContext) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/ws", get(ws::echo))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .merge(chat::router(ctx))
 }

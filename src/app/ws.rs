@@ -1,4 +1,5 @@
-//! `/ws`: WebSocket echo of text and binary messages.
+//! `/ws`: WebSocket echo of text and binary messages, and [`session`], the
+//! loop every WebSocket route here runs (the echo, and `/chat`).
 //!
 //! Pings are answered by the protocol layer. The server pings a quiet
 //! client every `ws_ping_interval` and closes with 1011 if nothing comes
@@ -31,6 +32,20 @@ const CLOSE_PING_TIMEOUT: u16 = 1011;
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn echo(upgrade: WebSocketUpgrade, State(ctx): State<WorkerContext>) -> Response {
+    accept(upgrade, ctx, |socket, ctx| async move {
+        let replies = futures_util::stream::pending::<axum::extract::ws::Message>();
+        session(socket, &ctx, replies, Some).await;
+    })
+}
+
+/// Upgrades with this worker's limits and runs `serve` on the socket,
+/// counted as an open WebSocket (in `/health`, in a connection slot, and in
+/// what a drain waits for) until it returns.
+pub fn accept<F, Fut>(upgrade: WebSocketUpgrade, ctx: WorkerContext, serve: F) -> Response
+where
+    F: FnOnce(WebSocket, WorkerContext) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     // Taken before the upgrade, so a drain that starts in between still waits.
     let guard = ctx.open_websocket();
     let limit = ctx.config.ws_max_size;
@@ -39,12 +54,26 @@ pub async fn echo(upgrade: WebSocketUpgrade, State(ctx): State<WorkerContext>) -
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
-            run(socket, ctx).await;
+            serve(socket, ctx).await;
             drop(guard);
         })
 }
 
-async fn run(mut socket: WebSocket, ctx: WorkerContext) {
+/// Runs one WebSocket until either side closes it or the worker drains:
+/// each text or binary message from the client goes to `on_message`, which
+/// may return a reply; each item of `outgoing` (messages from elsewhere,
+/// e.g. a chat room) is sent as it comes. Pings, the ping timeout, bounded
+/// sends, close codes and the drain's close are handled here, once.
+pub async fn session<S, F>(
+    mut socket: WebSocket,
+    ctx: &WorkerContext,
+    outgoing: S,
+    mut on_message: F,
+) where
+    S: futures_util::Stream<Item = Message>,
+    F: FnMut(Message) -> Option<Message>,
+{
+    use futures_util::StreamExt;
     let interval = Duration::from_secs_f64(ctx.config.ws_ping_interval);
     let patience = Duration::from_secs_f64(ctx.config.ws_ping_timeout);
     let pings = !interval.is_zero();
@@ -52,6 +81,7 @@ async fn run(mut socket: WebSocket, ctx: WorkerContext) {
     // frame from it in answer.
     let mut ping_due = Instant::now() + interval;
     let mut answer_by: Option<Instant> = None;
+    let mut outgoing = std::pin::pin!(outgoing.fuse());
     loop {
         let wake = answer_by.unwrap_or(ping_due);
         tokio::select! {
@@ -65,10 +95,15 @@ async fn run(mut socket: WebSocket, ctx: WorkerContext) {
                     close(socket, CLOSE_PING_TIMEOUT, "ping timeout").await;
                     return;
                 }
-                if !send_bounded(&mut socket, Message::Ping(Default::default()), patience, &ctx).await {
+                if !send_bounded(&mut socket, Message::Ping(Default::default()), patience, ctx).await {
                     return;
                 }
                 answer_by = Some(Instant::now() + patience);
+            }
+            Some(message) = outgoing.next() => {
+                if !send_bounded(&mut socket, message, patience, ctx).await {
+                    return;
+                }
             }
             message = socket.recv() => {
                 // Any frame shows the client alive, a pong or not.
@@ -76,8 +111,10 @@ async fn run(mut socket: WebSocket, ctx: WorkerContext) {
                 ping_due = Instant::now() + interval;
                 match message {
                     Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                        if !send_bounded(&mut socket, message, patience, &ctx).await {
-                            return;
+                        if let Some(reply) = on_message(message) {
+                            if !send_bounded(&mut socket, reply, patience, ctx).await {
+                                return;
+                            }
                         }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}

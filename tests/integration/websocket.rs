@@ -9,8 +9,12 @@ use crate::harness::*;
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 pub async fn connect(addr: std::net::SocketAddr) -> Ws {
+    connect_to(addr, "/ws").await
+}
+
+pub async fn connect_to(addr: std::net::SocketAddr, path: &str) -> Ws {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+    let (ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream)
         .await
         .expect("websocket handshake");
     assert_eq!(response.status(), 101);
@@ -106,4 +110,69 @@ fn sigterm_closes_open_websocket_with_1001_and_exits_clean() {
     for pid in workers {
         assert!(!alive(pid), "worker {pid} still running");
     }
+}
+
+/// The next text message, skipping the server's pings.
+async fn next_text(ws: &mut Ws) -> String {
+    let read = async {
+        loop {
+            match ws.next().await.expect("open").expect("read") {
+                Message::Text(t) => return t.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("message in time")
+}
+
+#[test]
+fn chat_reaches_every_member_on_the_worker_and_reload_says_reconnect() {
+    let mut server = Server::start(Options {
+        workers: 1,
+        ..Options::default()
+    });
+    server.wait_ready();
+    let rt = runtime();
+    let (mut alice, mut bob) = rt.block_on(async {
+        (
+            connect_to(server.addr, "/chat").await,
+            connect_to(server.addr, "/chat").await,
+        )
+    });
+    rt.block_on(async {
+        // Bob may join a moment after the upgrade answer: retry until the
+        // room has both.
+        loop {
+            alice.send(Message::text("hello")).await.unwrap();
+            assert_eq!(next_text(&mut alice).await, "hello");
+            if let Ok(text) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), next_text(&mut bob))
+                    .await
+            {
+                assert_eq!(text, "hello");
+                break;
+            }
+        }
+        bob.send(Message::text("hi alice")).await.unwrap();
+        assert_eq!(next_text(&mut alice).await, "hi alice");
+        assert_eq!(next_text(&mut bob).await, "hi alice");
+    });
+    // A reload drains the room's worker: every member is told to reconnect.
+    server.signal(libc::SIGHUP);
+    rt.block_on(async {
+        assert_eq!(close_code(&mut alice).await, Some(CloseCode::Restart));
+        assert_eq!(close_code(&mut bob).await, Some(CloseCode::Restart));
+    });
+    eventually("the new generation serving", PATIENCE, || {
+        (server.health()["generation"] == 2).then_some(())
+    });
+    // Reconnected, they are in the new generation's room.
+    rt.block_on(async {
+        let mut carol = connect_to(server.addr, "/chat").await;
+        carol.send(Message::text("new room")).await.unwrap();
+        assert_eq!(next_text(&mut carol).await, "new room");
+    });
 }
