@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: command-line flags, resolved into a [`config::Loader`].
+//! - [`cli`]: command-line flags, resolved into a [`config::Loader`], and
+//!   [`cli::main`], the whole program for a given app's routes.
 //! - [`config`]: the one validated `Config` (defaults < file < env < flags).
 //! - [`listen`]: sockets from systemd (`LISTEN_FDS`) or bound from `bind`.
 //! - [`supervisor`]: `ferricorn serve`, the unit's main process: workers,

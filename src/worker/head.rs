@@ -563,6 +563,13 @@ mod tests {
     }
 
     proptest! {
+        // Cases from PROPTEST_CASES (default 256); no regression files in
+        // the tree: a failure prints its minimal input.
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
         /// Valid pipelined requests pass unchanged however the bytes are
         /// split, and every head is counted.
         #[test]
