@@ -73,6 +73,19 @@ def rss_kib(pid):
         return 0
 
 
+def pss_kib(pid):
+    """Proportional set: RSS with pages shared among N processes (the
+    binary's text, libc) counted 1/N each, so a supervisor and its workers
+    are not each charged for the same file pages."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def raise_nofile():
     """As many descriptors as the hard limit allows (10,000 idle WebSockets)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -324,7 +337,8 @@ def memory_suite(servers, results):
         try:
             top = srv.proc.pid
             kids = [p for p in srv.pids() if p != top]
-            idle = {"master": rss_kib(top), "workers": [rss_kib(p) for p in kids]}
+            idle = {"master": rss_kib(top), "workers": [rss_kib(p) for p in kids],
+                    "master_pss": pss_kib(top)}
             wrk(srv.port, 200, True)
             loaded = {"master": rss_kib(top), "workers": [rss_kib(p) for p in kids]}
         finally:
@@ -469,9 +483,10 @@ def report(results, servers):
           [[k[1], str(v["opened"]), f"{v['kib_per_conn']:.1f} KiB"]
            for k, v in results.items() if k[0] == "idle"])
     table(add, "Memory (RSS, MiB)",
-          ["server", "master/supervisor idle", "each worker idle", "master after load",
+          ["server", "master/supervisor idle", "its PSS idle", "each worker idle", "master after load",
            "each worker after load"],
-          [[k[1], mib(v["idle"]["master"]), ", ".join(mib(w) for w in v["idle"]["workers"]) or "–",
+          [[k[1], mib(v["idle"]["master"]), mib(v["idle"]["master_pss"]),
+            ", ".join(mib(w) for w in v["idle"]["workers"]) or "–",
             mib(v["loaded"]["master"]), ", ".join(mib(w) for w in v["loaded"]["workers"]) or "–"]
            for k, v in results.items() if k[0] == "mem"])
     table(add, "Accept fairness across workers, unpinned, c=200",
