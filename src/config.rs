@@ -162,31 +162,25 @@ impl Config {
                 out.push((key, "must be at least 1".to_owned()));
             }
         }
+        // (key, value, whether 0 means "off").
         let seconds = [
-            ("timeout", self.timeout),
-            ("graceful_timeout", self.graceful_timeout),
-            ("boot_timeout", self.boot_timeout),
-            ("keepalive", self.keepalive),
-            ("ws_ping_timeout", self.ws_ping_timeout),
+            ("timeout", self.timeout, false),
+            ("graceful_timeout", self.graceful_timeout, false),
+            ("boot_timeout", self.boot_timeout, false),
+            ("keepalive", self.keepalive, false),
+            ("ws_ping_timeout", self.ws_ping_timeout, false),
+            ("ws_ping_interval", self.ws_ping_interval, true),
         ];
-        for (key, value) in seconds {
+        for (key, value, zero_ok) in seconds {
             // A bound of a day keeps `Duration::from_secs_f64` far from overflow.
-            if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+            let low_ok = value > 0.0 || (zero_ok && value == 0.0);
+            if !(value.is_finite() && low_ok && value <= 86_400.0) {
+                let open = if zero_ok { '[' } else { '(' };
                 out.push((
                     key,
-                    format!("{value} is not a number of seconds in (0, 86400]"),
+                    format!("{value} is not a number of seconds in {open}0, 86400]"),
                 ));
             }
-        }
-        if !(self.ws_ping_interval.is_finite() && (0.0..=86_400.0).contains(&self.ws_ping_interval))
-        {
-            out.push((
-                "ws_ping_interval",
-                format!(
-                    "{} is not a number of seconds in [0, 86400]",
-                    self.ws_ping_interval
-                ),
-            ));
         }
         // Gunicorn's ceiling: hyper keeps a slot per field on its stack.
         if self.limit_request_fields > 32_768 {

@@ -152,13 +152,6 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
                 // The panic hook has logged it; the worker carries on.
                 Err(_) => closing(StatusCode::INTERNAL_SERVER_ERROR),
             };
-            // A refused upgrade ends the connection: the inspector stopped
-            // reading it as HTTP at the `Upgrade` head.
-            if upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
             activity.in_flight.store(false, Ordering::SeqCst);
             ctx.request_done();
             if let Some(log) = &ctx.access_log {
@@ -170,10 +163,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
                     peer,
                 });
             }
-            // Draining: this is the connection's last response. Saying so
-            // lets the client open a new connection (to a live worker)
-            // rather than find this one closed under its next request.
-            if ctx.drain.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // This response is the connection's last when the worker is
+            // draining (saying so lets the client open a new connection, to
+            // a live worker, rather than find this one closed under its next
+            // request) or when an upgrade was refused (the inspector stopped
+            // reading the connection as HTTP at the `Upgrade` head).
+            let last = upgrade || ctx.drain.is_draining();
+            if last && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -48,8 +48,7 @@ fn ready_only_when_every_worker_answers() {
 
 #[test]
 fn workers_get_no_notify_socket_and_die_with_supervisor() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let workers = server.worker_pids();
     assert_eq!(workers.len(), 2);
     for pid in &workers {
@@ -72,8 +71,7 @@ fn workers_get_no_notify_socket_and_die_with_supervisor() {
 
 #[test]
 fn killed_worker_is_replaced() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let server = Server::ready(Options::default());
     let before = server.worker_pids();
     assert_eq!(before.len(), 2);
     let victim = before[0];
@@ -90,11 +88,10 @@ fn killed_worker_is_replaced() {
 
 #[test]
 fn binds_configured_address_without_listen_fds() {
-    let mut server = Server::start(Options {
+    let mut server = Server::ready(Options {
         socket: Socket::SelfBound,
         ..Options::default()
     });
-    server.wait_ready();
     let addr = server.addr;
     assert!(
         server.log().contains(&format!("listeners=[\"{addr}\"]")),
@@ -108,8 +105,7 @@ fn binds_configured_address_without_listen_fds() {
 
 #[test]
 fn sigterm_stops_gracefully_with_stopping_note() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let workers = server.worker_pids();
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(PATIENCE);
@@ -125,8 +121,7 @@ fn sigterm_stops_gracefully_with_stopping_note() {
 
 #[test]
 fn sigint_is_a_fast_stop() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let workers = server.worker_pids();
     server.signal(libc::SIGINT);
     assert!(server.wait_exit(PATIENCE).success());
@@ -191,11 +186,10 @@ fn invalid_listen_fds_are_refused() {
 
 #[test]
 fn json_log_lines_carry_worker_identity_and_access_fields() {
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         config: "log_format = \"json\"".into(),
         ..Options::default()
     });
-    server.wait_ready();
     server.get("/health?probe=1").unwrap();
     server.wait_log("\"path\":\"/health\"");
     let access: serde_json::Value = server
@@ -216,11 +210,10 @@ fn json_log_lines_carry_worker_identity_and_access_fields() {
 
 #[test]
 fn access_log_can_be_switched_off() {
-    let mut server = Server::start(Options {
+    let mut server = Server::ready(Options {
         config: "access_log = false".into(),
         ..Options::default()
     });
-    server.wait_ready();
     for _ in 0..5 {
         server.get("/health").unwrap();
     }

@@ -214,6 +214,13 @@ impl Server {
         }
     }
 
+    /// [`Server::start`], then [`Server::wait_ready`].
+    pub fn ready(opts: Options) -> Server {
+        let mut server = Server::start(opts);
+        server.wait_ready();
+        server
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -375,20 +382,21 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The fields of /proc/<pid>/stat after the command name (state, ppid,
+/// …: stat(5)'s third field on), or None if the process is gone.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// Whether `pid` exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state != "Z"))
 }
 
 pub fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 pub struct Response {
@@ -569,9 +577,7 @@ pub fn statuses(raw: &[u8]) -> Vec<u16> {
 
 /// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = after_name.split(' ').collect();
+    let fields = stat_fields(pid).expect("stat");
     // utime and stime: fields 14 and 15 of stat(5), 11 and 12 after the name.
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.

@@ -14,21 +14,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
-use crate::websocket::{connect, runtime};
+use crate::websocket::{connect, next_text, runtime};
 
 /// The one worker's pid, from `/health`.
 fn worker_pid(server: &Server) -> u64 {
     server.health()["pid"].as_u64().expect("pid")
 }
 
-fn one_worker(config: &str) -> Server {
-    let mut server = Server::start(Options {
+fn one_worker_options(config: &str) -> Options {
+    Options {
         workers: 1,
         config: config.into(),
         ..Options::default()
-    });
-    server.wait_ready();
-    server
+    }
+}
+
+fn one_worker(config: &str) -> Server {
+    Server::ready(one_worker_options(config))
 }
 
 #[test]
@@ -353,12 +355,7 @@ fn unanswered_ping_closes_with_1011_while_a_live_client_stays() {
         // The silent one was pinged, then closed with 1011.
         assert_eq!(raw_close_code(&mut silent).await, 1011);
         live.send(Message::text("still here")).await.unwrap();
-        loop {
-            match live.next().await.unwrap().unwrap() {
-                Message::Ping(_) => continue,
-                m => break assert_eq!(m, Message::text("still here")),
-            }
-        }
+        assert_eq!(next_text(&mut live).await, "still here");
     });
 }
 
@@ -400,14 +397,13 @@ fn client_that_never_reads_is_dropped_without_growing_the_worker() {
 
 #[test]
 fn connection_flood_waits_in_the_backlog_and_health_still_answers() {
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         workers: 2,
         config: "worker_connections = 10\nkeepalive = 1".into(),
         // ferricorn's own backlog (2048), not the test's socket's 128.
         socket: Socket::SelfBound,
         ..Options::default()
     });
-    server.wait_ready();
     let pids = server.worker_pids();
     // 100 idle connections: 5 × the 20 slots. Each round of 20 is cut at
     // the 1 s keepalive, so /health waits its turn in the backlog.
@@ -433,14 +429,13 @@ fn connection_flood_waits_in_the_backlog_and_health_still_answers() {
 
 #[test]
 fn descriptor_exhaustion_backs_off_logs_once_and_recovers() {
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         workers: 1,
         // Above the supervisor's descriptor floor (64), far below the
         // default.
         nofile: Some(128),
         ..Options::default()
     });
-    server.wait_ready();
     let worker = server.worker_pids()[0];
     // Idle keep-alive connections until the worker's table is full.
     let held: Vec<TcpStream> = (0..160)
@@ -468,15 +463,12 @@ fn descriptor_exhaustion_backs_off_logs_once_and_recovers() {
     assert_eq!(server.worker_pids(), vec![worker]);
 }
 
+/// One worker of the `faults` example, which adds failing routes.
 fn faulty_server(config: &str) -> Server {
-    let mut server = Server::start(Options {
-        workers: 1,
-        config: config.into(),
+    Server::ready(Options {
         exe: Some(faults_binary()),
-        ..Options::default()
-    });
-    server.wait_ready();
-    server
+        ..one_worker_options(config)
+    })
 }
 
 #[test]

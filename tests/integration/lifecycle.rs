@@ -127,8 +127,7 @@ fn pid_set(server: &Server) -> BTreeSet<u32> {
 
 #[test]
 fn three_reloads_under_load_fail_no_request() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let load = Load::start(server.addr, 4);
     load.wait_more(500);
     for round in 0..3u64 {
@@ -155,11 +154,10 @@ fn three_reloads_under_load_fail_no_request() {
 fn reload_runs_the_new_executable_on_disk() {
     let bin_dir = tempfile::tempdir().unwrap();
     let exe = copy_binary(bin_dir.path());
-    let mut server = Server::start(Options {
+    let mut server = Server::ready(Options {
         exe: Some(exe.clone()),
         ..Options::default()
     });
-    server.wait_ready();
     let old_build = server.health()["build"].as_str().unwrap().to_owned();
     let load = Load::start(server.addr, 2);
     load.wait_more(200);
@@ -183,8 +181,7 @@ fn reload_runs_the_new_executable_on_disk() {
 
 #[test]
 fn websocket_gets_1012_on_reload_and_reconnects_to_new_generation() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let rt = runtime();
     let mut ws = rt.block_on(connect(server.addr));
     rt.block_on(async {
@@ -203,8 +200,7 @@ fn websocket_gets_1012_on_reload_and_reconnects_to_new_generation() {
 
 #[test]
 fn invalid_config_on_reload_keeps_old_generation() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let before = pid_set(&server);
     std::fs::write(&server.config_path, "workers = 2\nworkerz = 1\n").unwrap();
     reload(&mut server);
@@ -223,11 +219,10 @@ fn invalid_config_on_reload_keeps_old_generation() {
 #[test]
 fn stopped_worker_is_killed_after_timeout_and_replaced() {
     let timeout = 2.0;
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         config: format!("timeout = {timeout}"),
         ..Options::default()
     });
-    server.wait_ready();
     let before = server.worker_pids();
     let victim = before[0];
     let stopped_at = Instant::now();
@@ -255,11 +250,10 @@ fn stopped_worker_is_killed_after_timeout_and_replaced() {
 
 #[test]
 fn max_requests_recycles_workers_without_failures() {
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         config: "max_requests = 50\nmax_requests_jitter = 10".into(),
         ..Options::default()
     });
-    server.wait_ready();
     let first = pid_set(&server);
     let load = Load::start(server.addr, 2);
     load.wait_more(400);
@@ -277,8 +271,7 @@ fn max_requests_recycles_workers_without_failures() {
 
 #[test]
 fn ttin_and_ttou_scale_two_three_two() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let server = Server::ready(Options::default());
     assert_eq!(server.worker_pids().len(), 2);
     server.signal(libc::SIGTTIN);
     assert_eq!(server.distinct_health_pids(3).len(), 3);
@@ -336,11 +329,10 @@ fn workers_failing_at_first_start_back_off_then_exit_3() {
 fn crash_loop_after_start_backs_off_and_shows_in_status() {
     let dir = tempfile::tempdir().unwrap();
     let exe = copy_binary(dir.path());
-    let mut server = Server::start(Options {
+    let mut server = Server::ready(Options {
         exe: Some(exe.clone()),
         ..Options::default()
     });
-    server.wait_ready();
     // The app breaks on disk; a worker dies; every replacement dies too.
     std::fs::remove_file(&exe).unwrap();
     failing_worker_exe(dir.path());
@@ -368,12 +360,11 @@ fn crash_loop_after_start_backs_off_and_shows_in_status() {
 
 #[test]
 fn watchdog_stops_when_all_workers_are_wedged() {
-    let mut server = Server::start(Options {
+    let mut server = Server::ready(Options {
         wrapper_env: "WATCHDOG_USEC=400000 WATCHDOG_PID=$$".into(),
         config: "timeout = 30".into(),
         ..Options::default()
     });
-    server.wait_ready();
     let pets = |s: &mut Server| {
         s.notes()
             .iter()
@@ -410,8 +401,7 @@ fn watchdog_stops_when_all_workers_are_wedged() {
 
 #[test]
 fn health_carries_the_supervisor_figures() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let health = server.health();
     let figures = &health["supervisor"];
     assert_eq!(figures["generation"], 1, "{health}");
@@ -435,12 +425,11 @@ fn health_carries_the_supervisor_figures() {
 /// from /proc; past `memory_high` the worker is replaced gracefully.
 #[test]
 fn memory_high_recycles_gracefully_from_rss() {
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         // Below any worker's resident set: every worker is over it.
         config: "memory_high = \"1M\"".into(),
         ..Options::default()
     });
-    server.wait_ready();
     let first = pid_set(&server);
     let load = Load::start(server.addr, 2);
     server.wait_log("worker above memory_high");
@@ -471,12 +460,11 @@ fn listening_sockets(port: u16) -> usize {
 
 #[test]
 fn reuse_port_gives_each_slot_a_socket_that_survives_reload_and_scaling() {
-    let mut server = Server::start(Options {
+    let mut server = Server::ready(Options {
         socket: Socket::SelfBound,
         config: "reuse_port = true".into(),
         ..Options::default()
     });
-    server.wait_ready();
     let port = server.addr.port();
     assert!(
         server.log().contains("reuse_port, one per worker"),

@@ -47,8 +47,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn echoes_text_and_binary_and_answers_ping() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let server = Server::ready(Options::default());
     runtime().block_on(async {
         let mut ws = connect(server.addr).await;
         ws.send(Message::text("hello")).await.unwrap();
@@ -70,11 +69,10 @@ fn echoes_text_and_binary_and_answers_ping() {
 
 #[test]
 fn oversize_message_closes_with_1009() {
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         config: "ws_max_size = 1024".into(),
         ..Options::default()
     });
-    server.wait_ready();
     runtime().block_on(async {
         let mut ws = connect(server.addr).await;
         ws.send(Message::text("x".repeat(1000))).await.unwrap();
@@ -88,8 +86,7 @@ fn oversize_message_closes_with_1009() {
 
 #[test]
 fn sigterm_closes_open_websocket_with_1001_and_exits_clean() {
-    let mut server = Server::start(Options::default());
-    server.wait_ready();
+    let mut server = Server::ready(Options::default());
     let workers = server.worker_pids();
     let rt = runtime();
     let mut ws = rt.block_on(connect(server.addr));
@@ -113,7 +110,7 @@ fn sigterm_closes_open_websocket_with_1001_and_exits_clean() {
 }
 
 /// The next text message, skipping the server's pings.
-async fn next_text(ws: &mut Ws) -> String {
+pub async fn next_text(ws: &mut Ws) -> String {
     let read = async {
         loop {
             match ws.next().await.expect("open").expect("read") {
@@ -130,11 +127,10 @@ async fn next_text(ws: &mut Ws) -> String {
 
 #[test]
 fn chat_reaches_every_member_on_the_worker_and_reload_says_reconnect() {
-    let mut server = Server::start(Options {
+    let server = Server::ready(Options {
         workers: 1,
         ..Options::default()
     });
-    server.wait_ready();
     let rt = runtime();
     let (mut alice, mut bob) = rt.block_on(async {
         (
