@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -107,7 +108,7 @@ pub fn main(app: App) -> ExitCode {
 fn check_config(cli: &Cli) -> ExitCode {
     let loader = cli.loader();
     match loader.load() {
-        Ok(config) => match toml_string(&config) {
+        Ok(config) => match config.to_toml() {
             Ok(text) => {
                 println!(
                     "# resolved from defaults < {} < FERRICORN_* < flags",
@@ -128,18 +129,17 @@ fn check_config(cli: &Cli) -> ExitCode {
     }
 }
 
-fn toml_string(config: &crate::config::Config) -> Result<String, String> {
-    toml::to_string(config).map_err(|e| e.to_string())
-}
+/// How long a start with an invalid config waits for a fix while clients
+/// wait on systemd's socket (see [`config_or_wait`]).
+const CONFIG_WAIT: Duration = Duration::from_secs(4);
+/// How often the file is read again meanwhile.
+const CONFIG_RETRY: Duration = Duration::from_millis(250);
 
 fn serve(cli: &Cli) -> ExitCode {
     let loader = cli.loader();
-    let config = match loader.load() {
+    let config = match config_or_wait(&loader) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferricorn: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     // Before any thread exists: listenfd edits the environment.
     let exe = match worker_executable() {
@@ -195,6 +195,44 @@ fn serve(cli: &Cli) -> ExitCode {
         }
     };
     runtime.block_on(supervisor::run(loader, config, exe, sockets))
+}
+
+/// The config, or exit code 78 once it is clear there is none.
+///
+/// An invalid config is said once and ends the start at once (the unit's
+/// `RestartPreventExitStatus=` keeps systemd from restarting it) — unless
+/// systemd started this process for a client already waiting on its
+/// socket. Then the connection is still queued when the process exits, the
+/// socket starts the service again at once, and five failures within ten
+/// seconds would stop the socket itself (`service-start-limit-hit`): every
+/// later connection refused, until an operator runs `reset-failed`. Waiting
+/// [`CONFIG_WAIT`] first, re-reading the file, paces those starts below the
+/// unit's start limit, so the socket keeps listening and its clients keep
+/// waiting; a fix made meanwhile is taken at once and the waiting clients
+/// are served.
+fn config_or_wait(loader: &Loader) -> Result<crate::config::Config, ExitCode> {
+    let first = match loader.load() {
+        Ok(config) => return Ok(config),
+        Err(e) => e,
+    };
+    eprintln!("ferricorn: {first}");
+    if !listen::systemd_client_waiting() {
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    eprintln!(
+        "ferricorn: clients are waiting on the socket: reading {} again for {} s before giving up",
+        loader.path().display(),
+        CONFIG_WAIT.as_secs()
+    );
+    let until = std::time::Instant::now() + CONFIG_WAIT;
+    while std::time::Instant::now() < until {
+        std::thread::sleep(CONFIG_RETRY);
+        if let Ok(config) = loader.load() {
+            eprintln!("ferricorn: the configuration is valid now; starting");
+            return Ok(config);
+        }
+    }
+    Err(ExitCode::from(EXIT_CONFIG))
 }
 
 /// The path workers are started from: the path this process was started as

@@ -23,6 +23,15 @@ pub const ENV_PREFIX: &str = "FERRICORN_";
 /// bursts of a few hundred.
 const DEFAULT_BACKLOG: u32 = 2048;
 
+/// Shortest and longest time a seconds key may give.
+const MIN_SECONDS: f64 = 0.001;
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Most worker processes: beyond any machine, so a larger number is a typo.
+const MAX_WORKERS: u64 = 1024;
+/// Most runtime threads per worker, likewise.
+const MAX_THREADS: u64 = 1024;
+
 /// Uvicorn's default `--ws-max-size`.
 const DEFAULT_WS_MAX_SIZE: usize = 16 * 1024 * 1024;
 
@@ -141,6 +150,16 @@ impl Config {
         self.bind.parse()
     }
 
+    /// The config as `check-config` prints it: TOML that loads back to the
+    /// same config.
+    ///
+    /// # Errors
+    /// A value TOML cannot write (none of this struct's, but the encoder
+    /// is fallible).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
     /// The checks serde's types cannot express, as (key, problem) pairs.
     fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
@@ -172,19 +191,57 @@ impl Config {
             ("ws_ping_interval", self.ws_ping_interval, true),
         ];
         for (key, value, zero_ok) in seconds {
-            // A bound of a day keeps `Duration::from_secs_f64` far from overflow.
-            let low_ok = value > 0.0 || (zero_ok && value == 0.0);
-            if !(value.is_finite() && low_ok && value <= 86_400.0) {
-                let open = if zero_ok { '[' } else { '(' };
+            // A day at most keeps `Duration::from_secs_f64` far from
+            // overflow; a millisecond at least keeps a timeout from
+            // rounding to none (4e-259 s is a typo, not a deadline).
+            let in_range = (MIN_SECONDS..=MAX_SECONDS).contains(&value);
+            if !(in_range || (zero_ok && value == 0.0)) {
+                let off = if zero_ok { " (or 0: off)" } else { "" };
                 out.push((
                     key,
-                    format!("{value} is not a number of seconds in {open}0, 86400]"),
+                    format!("{value} is not a number of seconds from {MIN_SECONDS} to {MAX_SECONDS}{off}"),
                 ));
             }
         }
-        // Gunicorn's ceiling: hyper keeps a slot per field on its stack.
-        if self.limit_request_fields > 32_768 {
-            out.push(("limit_request_fields", "must be at most 32768".to_owned()));
+        // (key, value, ceiling). Gunicorn's ceiling for fields: hyper keeps
+        // a slot per field on its stack. Worker and thread counts far past
+        // any machine are typos. Everything else must at least fit TOML's
+        // integers, or `check-config` could not print the config it loaded
+        // (found by tests/integration/fuzz.rs).
+        let toml_max = i64::MAX as u64;
+        let ceilings = [
+            (
+                "limit_request_fields",
+                self.limit_request_fields as u64,
+                32_768,
+            ),
+            ("workers", self.workers as u64, MAX_WORKERS),
+            ("threads", self.threads as u64, MAX_THREADS),
+            ("max_requests", self.max_requests, toml_max),
+            ("max_requests_jitter", self.max_requests_jitter, toml_max),
+            (
+                "worker_connections",
+                self.worker_connections as u64,
+                toml_max,
+            ),
+            (
+                "limit_request_line",
+                self.limit_request_line as u64,
+                toml_max,
+            ),
+            (
+                "limit_request_field_size",
+                self.limit_request_field_size as u64,
+                toml_max,
+            ),
+            ("ws_max_size", self.ws_max_size as u64, toml_max),
+            ("memory_high", self.memory_high.0, toml_max),
+            ("memory_max", self.memory_max.0, toml_max),
+        ];
+        for (key, value, ceiling) in ceilings {
+            if value > ceiling {
+                out.push((key, format!("{value} is more than {ceiling}")));
+            }
         }
         out
     }
@@ -347,11 +404,15 @@ fn describe(figment: &Figment, errors: figment::Error) -> ConfigError {
                 );
             }
             let key = e.path.join(".");
-            let key = if key.is_empty() {
-                "config".to_owned()
-            } else {
-                key
-            };
+            if key.is_empty() {
+                // Not about one key: a file that is not TOML at all. Name
+                // the file the error came from.
+                let file = match e.metadata.as_ref().and_then(|md| md.source.as_ref()) {
+                    Some(figment::Source::File(path)) => path.display().to_string(),
+                    _ => "config".to_owned(),
+                };
+                return format!("{file}: {}", e.kind);
+            }
             let mut problem = e.kind.to_string();
             if let figment::error::Kind::InvalidType(_, _)
             | figment::error::Kind::InvalidValue(_, _) = &e.kind

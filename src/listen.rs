@@ -72,6 +72,24 @@ pub fn listeners(
     }
 }
 
+/// Whether systemd passed this process listening sockets (`LISTEN_FDS`
+/// with our `LISTEN_PID`) and a client is already waiting on one of them.
+/// Reads the variables without taking the sockets or changing anything.
+pub fn systemd_client_waiting() -> bool {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.trim().parse::<RawFd>().ok())
+        .unwrap_or(0);
+    ours && (0..count).any(|i| {
+        let fd = SD_LISTEN_FDS_START + i;
+        sys::is_listening(fd) && sys::has_pending_connection(fd)
+    })
+}
+
 /// sd_listen_fds(3) with the checks listenfd leaves out: it silently ignores
 /// a non-numeric `LISTEN_FDS`, which would make ferricorn bind a second
 /// socket of its own behind systemd's back.

@@ -45,6 +45,19 @@ pub fn is_listening(fd: RawFd) -> bool {
     rc == 0 && value == 1
 }
 
+/// Whether a listening socket at `fd` has a connection waiting to be
+/// accepted (it polls readable), without taking it.
+pub fn has_pending_connection(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, count 1, no wait.
+    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
+    rc == 1 && poll.revents & libc::POLLIN != 0
+}
+
 /// A close-on-exec duplicate of `fd` numbered at least `floor`.
 ///
 /// # Errors

@@ -45,8 +45,11 @@ pub fn router(ctx: WorkerContext) -> Router {
 
 async fn join(upgrade: WebSocketUpgrade, State(chat): State<Chat>) -> Response {
     let Chat { ctx, room } = chat;
+    // A member from the moment its handshake is answered: what the room
+    // hears after the 101 waits for it here until its session runs.
+    let member = room.subscribe();
     ws::accept(upgrade, ctx, move |socket, ctx| async move {
-        let heard = futures_util::stream::unfold(room.subscribe(), |mut member| async move {
+        let heard = futures_util::stream::unfold(member, |mut member| async move {
             loop {
                 match member.recv().await {
                     Ok(message) => return Some((message, member)),

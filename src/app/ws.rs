@@ -86,7 +86,7 @@ pub async fn session<S, F>(
         let wake = answer_by.unwrap_or(ping_due);
         tokio::select! {
             () = ctx.drain.draining() => {
-                close(socket, ctx.drain.close_code(), "server going away").await;
+                close(socket, ctx.drain.close_code(), ctx.drain.close_reason()).await;
                 return;
             }
             () = tokio::time::sleep_until(wake), if pings => {
@@ -118,7 +118,11 @@ pub async fn session<S, F>(
                         }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Ok(Message::Close(_))) => {
+                        answer_close(socket).await;
+                        return;
+                    }
+                    None => return,
                     Some(Err(error)) => {
                         if let Some((code, reason)) = close_code_for(error) {
                             close(socket, code, reason).await;
@@ -168,6 +172,17 @@ async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
         }
     })
     .await;
+}
+
+/// Completes a close the client began. The protocol layer has queued the
+/// answering Close frame (the client's own code, or 1002 for a code no
+/// endpoint may send); RFC 6455 §5.5.1 requires it be sent before the TCP
+/// connection ends, or the client reports an abnormal closure (1006).
+/// Bounded, since a client that does not read cannot take it.
+async fn answer_close(mut socket: WebSocket) {
+    use futures_util::SinkExt;
+    // Ends in an error once the answer is out: the connection is closed.
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, socket.flush()).await;
 }
 
 /// The close code and reason for a failed read, per RFC 6455 section 7.4.1;

@@ -114,6 +114,8 @@ enum Phase {
     Running,
     Stopping {
         deadline: Instant,
+        /// What the workers were given before SIGKILL, for the log.
+        grace: Duration,
         killed: bool,
     },
 }
@@ -581,10 +583,15 @@ impl Supervisor {
         }
         notify::stopping(status);
         tracing::info!(workers = self.workers.len(), fast, "stopping");
+        // A stop ends any reload, wherever it was: nothing may send READY=1
+        // after STOPPING=1.
         self.pending = None;
+        self.quiescing = None;
+        self.reload_queued = false;
         let deadline = Instant::now() + grace;
         self.phase = Phase::Stopping {
             deadline,
+            grace,
             killed: false,
         };
         for (&pid, w) in &mut self.workers {
@@ -900,10 +907,12 @@ impl Supervisor {
             }
             Phase::Stopping {
                 deadline,
+                grace,
                 killed: false,
             } if now > deadline => {
                 tracing::warn!(
                     workers = self.workers.len(),
+                    grace_ms = grace.as_millis() as u64,
                     "workers still alive past the stop deadline; killing"
                 );
                 for pid in self.workers.keys() {
@@ -911,6 +920,7 @@ impl Supervisor {
                 }
                 self.phase = Phase::Stopping {
                     deadline,
+                    grace,
                     killed: true,
                 };
             }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::Method;
 
@@ -45,29 +45,39 @@ impl AccessLog {
         let lost = dropped.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || loop {
-                match records.recv_timeout(DROP_REPORT_INTERVAL) {
-                    Ok(r) => tracing::info!(
-                        target: ACCESS_TARGET,
-                        method = %r.method,
-                        path = %r.path,
-                        status = r.status,
-                        duration_us = r.duration_us,
-                        peer = %r.peer,
-                        "{} {} {}",
-                        r.method,
-                        r.path,
-                        r.status
-                    ),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-                let n = lost.swap(0, Ordering::Relaxed);
-                if n > 0 {
-                    tracing::warn!(
-                        dropped = n,
-                        "access log lines dropped: the log sink is slower than the requests"
-                    );
+            .spawn(move || {
+                let mut last_report: Option<Instant> = None;
+                loop {
+                    match records.recv_timeout(DROP_REPORT_INTERVAL) {
+                        Ok(r) => tracing::info!(
+                            target: ACCESS_TARGET,
+                            method = %r.method,
+                            path = %r.path,
+                            status = r.status,
+                            duration_us = r.duration_us,
+                            peer = %r.peer,
+                            "{} {} {}",
+                            r.method,
+                            r.path,
+                            r.status
+                        ),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // A report is a line to the same slow sink: at most one
+                    // per interval, however long the overload lasts; the
+                    // count carries over to the next.
+                    if last_report.is_some_and(|t| t.elapsed() < DROP_REPORT_INTERVAL) {
+                        continue;
+                    }
+                    let n = lost.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        tracing::warn!(
+                            dropped = n,
+                            "access log lines dropped: the log sink is slower than the requests"
+                        );
+                        last_report = Some(Instant::now());
+                    }
                 }
             })?;
         Ok(AccessLog { queue, dropped })

@@ -66,6 +66,15 @@ impl Drain {
         }
     }
 
+    /// The reason sent with [`Drain::close_code`], saying what the client
+    /// should do.
+    pub fn close_reason(&self) -> &'static str {
+        match self.close_code() {
+            CLOSE_SERVICE_RESTART => "service restarting; reconnect",
+            _ => "server shutting down",
+        }
+    }
+
     /// The tracker connection tasks are spawned on.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
@@ -158,6 +167,7 @@ mod tests {
         drain.start(DrainReason::Restart);
         drain.start(DrainReason::Stop);
         assert_eq!(drain.close_code(), CLOSE_SERVICE_RESTART);
+        assert_eq!(drain.close_reason(), "service restarting; reconnect");
         assert!(drain.is_draining());
     }
 

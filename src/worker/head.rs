@@ -67,6 +67,7 @@ impl Limits {
         }
         let mut fields = 0usize;
         let (mut content_length, mut transfer_encoding, mut upgrade) = (None, None, false);
+        let mut hosts = 0usize;
         for line in lines.take_while(|l| !l.is_empty()) {
             fields += 1;
             if self.fields != 0 && fields > self.fields {
@@ -83,7 +84,23 @@ impl Limits {
                 transfer_encoding = Some(v);
             } else if value(line, b"upgrade").is_some() {
                 upgrade = true;
+            } else if let Some(host) = value(line, b"host") {
+                hosts += 1;
+                if !valid_host(host) {
+                    return Err((StatusCode::BAD_REQUEST, "invalid Host"));
+                }
             }
+        }
+        // RFC 9112 §3.2: an HTTP/1.1 request names exactly one Host; no
+        // request may name two (which would the app believe?).
+        let http11 = request_line.ends_with(b" HTTP/1.1");
+        if hosts > 1 || (http11 && hosts == 0) {
+            let why = if hosts > 1 {
+                "more than one Host"
+            } else {
+                "no Host"
+            };
+            return Err((StatusCode::BAD_REQUEST, why));
         }
         if content_length.is_some() && transfer_encoding.is_some() {
             let why = "both Content-Length and Transfer-Encoding";
@@ -116,6 +133,16 @@ impl Limits {
             }
         })
     }
+}
+
+/// Whether a Host value can be `uri-host [ ":" port ]` (RFC 9110 §7.2): no
+/// whitespace, and none of the delimiters that would make it a list or
+/// carry a path, query or user. Empty is allowed (a target without an
+/// authority).
+fn valid_host(host: &[u8]) -> bool {
+    !host
+        .iter()
+        .any(|&b| b.is_ascii_whitespace() || b.is_ascii_control() || b"/?#@,\\".contains(&b))
 }
 
 /// The trimmed value if `line` is the header field `name`.

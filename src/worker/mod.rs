@@ -243,6 +243,13 @@ async fn serve(
             return ExitCode::from(EXIT_WORKER_BOOT);
         }
     };
+    // The first line at debug level: a `log_level` change on reload shows
+    // in the new generation's workers from here on.
+    tracing::debug!(
+        threads = config.threads,
+        worker_connections = config.worker_connections,
+        "worker runtime started"
+    );
     let (read_half, mut write_half) = control.into_split();
     let (to_supervisor, mut outbox) = mpsc::unbounded_channel::<WorkerMessage>();
     let worker_connections = config.worker_connections;
