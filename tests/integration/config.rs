@@ -2,7 +2,14 @@
 
 use std::process::Command;
 
-use crate::harness::BIN;
+use std::io::{Read, Write};
+
+use crate::harness::*;
+
+/// The exit code of an invalid config (EX_CONFIG), as the README documents.
+const EXIT_CONFIG: i32 = 78;
+/// The exit code of a bad command line.
+const EXIT_USAGE: i32 = 2;
 
 /// Runs the binary to its end: (exit code, stderr).
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
@@ -36,7 +43,10 @@ fn bad_env_value_names_key_and_variable() {
     let (_dir, path) = config_file("");
     for sub in ["serve", "check-config"] {
         let (code, err) = run(&["--config", &path, sub], &[("FERRICORN_WORKERS", "lots")]);
-        assert_ne!(code, 0, "{sub} accepted FERRICORN_WORKERS=lots");
+        assert_eq!(
+            code, EXIT_CONFIG,
+            "{sub} with FERRICORN_WORKERS=lots: {err}"
+        );
         assert!(err.contains("workers"), "{sub}: {err}");
         assert!(err.contains("FERRICORN_WORKERS"), "{sub}: {err}");
     }
@@ -47,7 +57,7 @@ fn unknown_toml_key_names_key_and_file() {
     let (_dir, path) = config_file("workers = 2\nworkerz = 3\n");
     for sub in ["serve", "check-config"] {
         let (code, err) = run(&["--config", &path, sub], &[]);
-        assert_ne!(code, 0);
+        assert_eq!(code, EXIT_CONFIG, "{sub}: {err}");
         assert!(
             err.contains("workerz") && err.contains(&path),
             "{sub}: {err}"
@@ -61,7 +71,7 @@ fn out_of_range_flag_names_the_flag() {
         &["--config", "/dev/null", "--workers", "0", "check-config"],
         &[],
     );
-    assert_ne!(code, 0);
+    assert_eq!(code, EXIT_CONFIG, "{err}");
     assert!(
         err.contains("workers") && err.contains("command-line flag"),
         "{err}"
@@ -72,9 +82,24 @@ fn out_of_range_flag_names_the_flag() {
 fn missing_explicit_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.toml");
-    let (code, err) = run(&["--config", path.to_str().unwrap(), "check-config"], &[]);
-    assert_ne!(code, 0);
-    assert!(err.contains("absent.toml"), "{err}");
+    for sub in ["serve", "check-config"] {
+        let (code, err) = run(&["--config", path.to_str().unwrap(), sub], &[]);
+        assert_eq!(code, EXIT_CONFIG, "{sub}: {err}");
+        assert!(err.contains("absent.toml"), "{sub}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_command_line_exits_2_and_says_why() {
+    for args in [
+        &["--no-such-flag", "serve"][..],
+        &["--workers", "two", "serve"],
+        &["serv"],
+    ] {
+        let (code, err) = run(args, &[]);
+        assert_eq!(code, EXIT_USAGE, "{args:?}: {err}");
+        assert!(err.contains("error:"), "{args:?}: {err}");
+    }
 }
 
 #[test]
@@ -94,4 +119,65 @@ fn check_config_prints_the_resolved_layers() {
     assert!(text.contains("workers = 5"), "{text}");
     assert!(text.contains("keepalive = 7.0"), "{text}");
     assert!(text.contains("log_level = \"debug\""), "{text}");
+}
+
+/// Under socket activation a client may already wait in systemd's backlog
+/// when the config turns out invalid: the start waits (4 s) for a fix,
+/// reading the file again, and serves that client once it is fixed.
+#[test]
+fn an_invalid_config_with_a_client_waiting_is_read_again_and_the_client_served() {
+    let mut server = Server::start(Options {
+        workers: 1,
+        config: "workerz = 1".into(),
+        queued_client: true,
+        ..Options::default()
+    });
+    server.wait_log("clients are waiting on the socket");
+    std::fs::write(&server.config_path, "workers = 1\n").unwrap();
+    server.wait_ready();
+    let mut client = server.queued_client.take().expect("queued client");
+    client
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    client.read_to_end(&mut raw).unwrap();
+    assert_eq!(
+        statuses(&raw),
+        vec![200],
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let log = server.log();
+    assert_eq!(log.matches("workerz: unknown key").count(), 1, "{log}");
+    assert!(log.contains("the configuration is valid now"), "{log}");
+}
+
+#[test]
+fn an_invalid_config_with_a_client_waiting_exits_78_when_not_fixed() {
+    let mut server = Server::start(Options {
+        config: "workerz = 1".into(),
+        queued_client: true,
+        ..Options::default()
+    });
+    let status = server.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("reading"), "{log}");
+    assert_eq!(log.matches("workerz: unknown key").count(), 1, "{log}");
+}
+
+#[test]
+fn an_invalid_config_with_no_client_waiting_exits_78_at_once() {
+    let mut server = Server::start(Options {
+        config: "workerz = 1".into(),
+        ..Options::default()
+    });
+    let status = server.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", server.log());
+    let log = server.log();
+    assert!(
+        !log.contains("reading"),
+        "it waited with no client waiting:\n{log}"
+    );
+    assert!(log.contains("workerz: unknown key"), "{log}");
 }

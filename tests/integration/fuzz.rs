@@ -81,12 +81,18 @@ fn value() -> impl Strategy<Value = String> {
     ]
 }
 
-/// A config file: mostly `key = value` lines, sometimes raw garbage.
-fn file() -> impl Strategy<Value = String> {
+/// A config file: `key = value` lines, with the keys they set (empty for
+/// raw garbage, whose keys are unknown).
+fn file() -> impl Strategy<Value = (String, Vec<String>)> {
     prop_oneof![
         4 => proptest::collection::vec((proptest::sample::select(KEYS), value()), 0..6)
-            .prop_map(|lines| lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()),
-        1 => any::<String>(),
+            .prop_map(|lines| {
+                let text = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                // "bind.x" sets the key `bind` (to a table).
+                let keys = lines.iter().map(|(k, _)| k.split('.').next().unwrap_or_default().to_owned()).collect();
+                (text, keys)
+            }),
+        1 => any::<String>().prop_map(|text| (text, Vec::new())),
     ]
 }
 
@@ -94,6 +100,8 @@ fn file() -> impl Strategy<Value = String> {
 fn config_loader_never_panics_and_loads_only_valid_configs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferricorn.toml");
+    let printed = dir.path().join("printed.toml");
+    let file_name = path.to_str().unwrap().to_owned();
     let strategy = (
         file(),
         proptest::option::of(any::<String>()),
@@ -102,7 +110,7 @@ fn config_loader_never_panics_and_loads_only_valid_configs() {
     let started = std::time::Instant::now();
     let (loaded, refused) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
     runner()
-        .run(&strategy, |(text, bind, workers)| {
+        .run(&strategy, |((text, keys), bind, workers)| {
             std::fs::File::create(&path)
                 .unwrap()
                 .write_all(text.as_bytes())
@@ -110,7 +118,7 @@ fn config_loader_never_panics_and_loads_only_valid_configs() {
             let loader = Loader {
                 explicit_path: Some(path.clone()),
                 overrides: Overrides {
-                    bind,
+                    bind: bind.clone(),
                     workers,
                     ..Overrides::default()
                 },
@@ -118,14 +126,55 @@ fn config_loader_never_panics_and_loads_only_valid_configs() {
             match loader.load() {
                 Ok(config) => {
                     loaded.set(loaded.get() + 1);
-                    prop_assert!(config.bind_addr().is_ok());
-                    prop_assert!(config.workers >= 1 && config.threads >= 1);
-                    prop_assert!(config.timeout.is_finite() && config.timeout > 0.0);
+                    // What check-config prints loads back to the same
+                    // config, and so does the JSON line a worker reads.
+                    let toml = config.to_toml().expect("printable");
+                    std::fs::write(&printed, &toml).unwrap();
+                    let again = Loader {
+                        explicit_path: Some(printed.clone()),
+                        overrides: Overrides::default(),
+                    }
+                    .load();
+                    prop_assert!(
+                        again.is_ok(),
+                        "printed config refused: {:?}\n{}",
+                        again.err().map(|e| e.to_string()),
+                        toml
+                    );
+                    prop_assert_eq!(again.unwrap(), config.clone());
+                    let json = serde_json::to_string(&config).unwrap();
+                    let decoded: ferricorn::config::Config = serde_json::from_str(&json).unwrap();
+                    prop_assert_eq!(decoded, config);
                 }
                 Err(e) => {
                     refused.set(refused.get() + 1);
-                    // Every refusal says what was wrong.
-                    prop_assert!(e.to_string().len() > "invalid configuration: ".len());
+                    let message = e.to_string();
+                    // It says where to look: the file, or the flag.
+                    let from_flag = message.contains("(from command-line flag)");
+                    prop_assert!(
+                        message.contains(&file_name) || from_flag,
+                        "names no source: {}",
+                        message
+                    );
+                    // And what to fix: a key the input set, or (a file
+                    // that is not TOML) the line and column.
+                    let flags = [bind.as_ref().map(|_| "bind"), workers.map(|_| "workers")];
+                    let named_key = keys
+                        .iter()
+                        .map(String::as_str)
+                        .chain(flags.into_iter().flatten())
+                        .any(|k| {
+                            !k.is_empty()
+                                && (message.contains(&format!("{k}:"))
+                                    || message.contains(&format!("{k}.")))
+                        });
+                    let syntax = message.contains("line") && message.contains("column");
+                    prop_assert!(
+                        named_key || syntax || keys.is_empty(),
+                        "names no key of {:?}: {}",
+                        keys,
+                        message
+                    );
                 }
             }
             Ok(())
@@ -138,6 +187,8 @@ fn config_loader_never_panics_and_loads_only_valid_configs() {
         refused.get(),
         started.elapsed()
     );
+    // Both answers were exercised, not one of them only.
+    assert!(loaded.get() > 0 && refused.get() > 0);
 }
 
 fn message() -> impl Strategy<Value = WorkerMessage> {

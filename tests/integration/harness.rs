@@ -56,6 +56,9 @@ pub struct Options {
     pub wrapper_env: String,
     /// RLIMIT_NOFILE for the server (and so its workers).
     pub nofile: Option<u64>,
+    /// Connect a client to the (activated) socket before the server starts,
+    /// as one waiting in systemd's backlog: [`Server::queued_client`].
+    pub queued_client: bool,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             exe: None,
             wrapper_env: String::new(),
             nofile: None,
+            queued_client: false,
         }
     }
 }
@@ -75,14 +79,20 @@ impl Default for Options {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The client connected before the server started, if asked for.
+    pub queued_client: Option<TcpStream>,
     /// Holds the config and notify socket; removed when the server is dropped.
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    notify_path: PathBuf,
     /// Every datagram received on NOTIFY_SOCKET so far, read by a thread as
     /// promptly as systemd would (the socket queue holds only 10).
     received: Arc<Mutex<Vec<String>>>,
     notes: Vec<String>,
     log: Arc<Mutex<String>>,
+    /// Held by a test to stop reading the server's stderr (see
+    /// [`Server::hold_log`]).
+    log_gate: Arc<Mutex<()>>,
     exited: Option<ExitStatus>,
 }
 
@@ -127,6 +137,10 @@ impl Server {
             config.push_str(&format!("bind = \"{addr}\"\n"));
         }
         std::fs::write(&config_path, config).expect("write config");
+        let queued_client = match (&listener, opts.queued_client) {
+            (Some(_), true) => Some(TcpStream::connect(addr).expect("connect before start")),
+            _ => None,
+        };
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         let received: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -190,10 +204,15 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn ferricorn");
         drop(listener);
         let log = Arc::new(Mutex::new(String::new()));
+        let log_gate: Arc<Mutex<()>> = Arc::default();
         let stderr = child.stderr.take().expect("stderr piped");
         let sink = log.clone();
+        let gate = log_gate.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Waits here while a test holds the gate: the pipe fills and
+                // the server's writes to stderr block.
+                drop(gate.lock());
                 if std::env::var_os("ECHO_SERVER_LOG").is_some() {
                     eprintln!("{line}");
                 }
@@ -205,11 +224,14 @@ impl Server {
         Server {
             child,
             addr,
+            queued_client,
             _dir: dir,
             config_path,
+            notify_path,
             received,
             notes: Vec::new(),
             log,
+            log_gate,
             exited: None,
         }
     }
@@ -227,6 +249,12 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// Stops reading the server's stderr until the guard is dropped: a log
+    /// sink that has stopped taking lines, as a stalled journal is.
+    pub fn hold_log(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.log_gate.lock().expect("log gate")
     }
 
     /// Waits until the log contains `needle`.
@@ -293,6 +321,28 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Every datagram the server sent, once it has exited: a marker sent
+    /// after its exit comes back through the reader last, so everything
+    /// before it has been taken.
+    pub fn final_notes(&mut self) -> Vec<String> {
+        assert!(
+            self.child.try_wait().ok().flatten().is_some(),
+            "final_notes before the server exited"
+        );
+        let marker = "HARNESS_END=1";
+        let sender = UnixDatagram::unbound().expect("datagram socket");
+        sender
+            .send_to(marker.as_bytes(), &self.notify_path)
+            .expect("send the end marker");
+        eventually("the reader to reach the end marker", PATIENCE, || {
+            let notes = self.received.lock().expect("notes lock").clone();
+            notes
+                .iter()
+                .position(|n| n == marker)
+                .map(|end| notes[..end].to_vec())
+        })
     }
 
     pub fn wait_ready(&mut self) -> usize {
@@ -404,7 +454,7 @@ pub struct Response {
     pub body: String,
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -424,9 +474,10 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    // One write: `write!` sends each piece on its own, and Nagle plus the
+    // server's delayed ACK would hold the last piece back for 40 ms.
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
@@ -485,7 +536,9 @@ impl KeepAlive {
             self.conn = Some(BufReader::new(s));
         }
         let conn = self.conn.as_mut().expect("connected above");
-        write!(conn.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        // One write (see `get`).
+        conn.get_mut()
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())?;
         let mut head = String::new();
         loop {
             let mut line = String::new();
@@ -569,8 +622,9 @@ pub fn exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> (Vec<u8>, 
 /// The status codes of the responses in `raw`, in order.
 pub fn statuses(raw: &[u8]) -> Vec<u16> {
     String::from_utf8_lossy(raw)
-        .match_indices("HTTP/1.1 ")
-        .filter_map(|(i, m)| raw.get(i + m.len()..i + m.len() + 3))
+        .match_indices("HTTP/1.")
+        // "HTTP/1.x " and three digits.
+        .filter_map(|(i, m)| raw.get(i + m.len() + 2..i + m.len() + 5))
         .filter_map(|code| std::str::from_utf8(code).ok()?.parse().ok())
         .collect()
 }

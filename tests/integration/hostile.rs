@@ -86,12 +86,10 @@ fn slow_headers_are_cut_off_while_others_are_served() {
         latencies[latencies.len() / 2],
         latencies[latencies.len() - 1]
     );
+    // keepalive = 1 s bounds each head; without that bound the trickle
+    // would run into limit_request_field_size only after 13 minutes, far
+    // past the wait above.
     assert!(latencies.len() >= 5, "health checks starved");
-    // keepalive = 1 s bounds the head; the trickle kept going far longer.
-    assert!(
-        cut_after < Duration::from_secs(10),
-        "slow heads were not timed out"
-    );
 }
 
 #[test]
@@ -155,25 +153,70 @@ fn bodies_on_health_are_not_read_into_memory() {
     let server = one_worker("");
     let pid = worker_pid(&server);
     let before = rss_kib(pid as u32);
-    // Declares 1 GiB and sends 64 MiB of it: answered, then closed, never
-    // buffered.
+    // A GET that declares a 1 GiB body and sends up to 64 MiB of it (a
+    // POST would get 405 before any body question), while a second thread
+    // reads what the server answers: a 200 without the body being read,
+    // then the close. (Read only after the writes, the answer could be lost
+    // to the reset a close with unread data sends.)
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
-        .write_all(b"POST /health HTTP/1.1\r\nHost: a\r\nContent-Length: 1073741824\r\n\r\n")
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let answer = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => return (got, "closed"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, "reset"),
+                Err(e) => {
+                    return (
+                        got,
+                        if e.kind() == std::io::ErrorKind::WouldBlock {
+                            "open"
+                        } else {
+                            "error"
+                        },
+                    )
+                }
+            }
+        }
+    });
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Length: 1073741824\r\n\r\n")
         .unwrap();
     let chunk = vec![b'x'; 1 << 20];
     let mut sent = 0usize;
+    let mut write_error = None;
     for _ in 0..64 {
         match stream.write_all(&chunk) {
             Ok(()) => sent += chunk.len(),
-            Err(_) => break,
+            Err(e) => {
+                write_error = Some(e.kind());
+                break;
+            }
         }
     }
     let after = rss_kib(pid as u32);
+    let (got, end) = answer.join().unwrap();
     eprintln!(
-        "body: {} MiB sent of a declared 1 GiB; worker RSS {before} KiB -> {after} KiB",
+        "body: {} MiB sent of a declared 1 GiB before {write_error:?}; connection {end}; worker RSS {before} KiB -> {after} KiB",
         sent >> 20
     );
+    assert_eq!(
+        statuses(&got),
+        vec![200],
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        matches!(end, "closed" | "reset"),
+        "the server kept the connection: {end}"
+    );
+    assert!(write_error.is_some(), "the server read all 64 MiB");
     assert!(
         after < before + 16 * 1024,
         "worker grew by {} KiB",
@@ -224,6 +267,22 @@ fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
             "space before the colon",
             "GET /smuggled HTTP/1.1\r\nHost : a\r\n\r\n".into(),
         ),
+        (
+            "HTTP/1.1 without Host",
+            "GET /smuggled HTTP/1.1\r\nX: 1\r\n\r\n".into(),
+        ),
+        (
+            "two Host fields",
+            "GET /smuggled HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(),
+        ),
+        (
+            "two Host fields on HTTP/1.0",
+            "GET /smuggled HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n".into(),
+        ),
+        (
+            "a Host that is a list",
+            "GET /smuggled HTTP/1.1\r\nHost: a, b\r\n\r\n".into(),
+        ),
     ];
     for (what, request) in &cases {
         let (raw, closed) = exchange(server.addr, request.as_bytes(), PATIENCE);
@@ -235,6 +294,14 @@ fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
         );
         assert!(closed, "{what}: connection left open");
     }
+    // HTTP/1.0 may leave Host out (RFC 9112 §3.2 requires it of 1.1 only).
+    let (raw, _) = exchange(server.addr, b"GET /health HTTP/1.0\r\n\r\n", PATIENCE);
+    assert_eq!(
+        statuses(&raw),
+        vec![200],
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     let log = server.log();
     assert!(
         !log.contains("/smuggled"),
@@ -242,7 +309,7 @@ fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
     );
     let requests_after = server.health()["counters"]["requests"].as_u64().unwrap();
     // Only the /health calls of this test were served.
-    assert_eq!(requests_after, requests_before + 1);
+    assert_eq!(requests_after, requests_before + 2);
     assert_eq!(worker_pid(&server), pid);
 }
 
@@ -335,6 +402,45 @@ fn bad_websocket_frames_close_with_1002_and_1007() {
     assert_eq!(worker_pid(&server), pid);
 }
 
+/// The client closes first: the server answers with a Close frame (RFC
+/// 6455 §5.5.1) echoing a valid code, 1002 for a code no endpoint may send,
+/// then ends the TCP connection.
+#[test]
+fn a_client_close_is_answered_and_an_invalid_code_gets_1002() {
+    let server = one_worker("");
+    let pid = worker_pid(&server);
+    runtime().block_on(async {
+        let close = |code: u16, reason: &[u8]| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            frame(0x8, &payload)
+        };
+        let mut cases: Vec<(String, Vec<u8>, u16)> = vec![
+            ("1000 \"bye\"".into(), close(1000, b"bye"), 1000),
+            ("1001".into(), close(1001, b""), 1001),
+            ("3000 (registered)".into(), close(3000, b""), 3000),
+            ("4000 (private use)".into(), close(4000, b""), 4000),
+            ("a 1-byte payload".into(), frame(0x8, &[3]), 1002),
+        ];
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            cases.push((format!("{code} (not sendable)"), close(code, b""), 1002));
+        }
+        for (what, bytes, answer) in cases {
+            let mut ws = raw_websocket(server.addr).await;
+            ws.write_all(&bytes).await.unwrap();
+            assert_eq!(raw_close_code(&mut ws).await, answer, "Close {what}");
+            // Then the server ends the connection.
+            let mut rest = Vec::new();
+            let end = tokio::time::timeout(PATIENCE, ws.read_to_end(&mut rest)).await;
+            assert!(
+                matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+                "Close {what}: connection left open ({end:?}, {rest:?})"
+            );
+        }
+    });
+    assert_eq!(worker_pid(&server), pid);
+}
+
 #[test]
 fn unanswered_ping_closes_with_1011_while_a_live_client_stays() {
     let server = one_worker("ws_ping_interval = 0.3\nws_ping_timeout = 0.6");
@@ -361,38 +467,52 @@ fn unanswered_ping_closes_with_1011_while_a_live_client_stays() {
 
 #[test]
 fn client_that_never_reads_is_dropped_without_growing_the_worker() {
-    let server = one_worker("ws_ping_timeout = 1");
+    let ping_timeout = 1.0;
+    let server = one_worker(&format!("ws_ping_timeout = {ping_timeout}"));
     let pid = worker_pid(&server) as u32;
     let before = rss_kib(pid);
-    let sent = runtime().block_on(async {
-        let mut ws = connect(server.addr).await;
-        let message = Message::binary(vec![7u8; 256 * 1024]);
-        let mut sent = 0usize;
-        // Sends echo requests and never reads a reply; the server's sends
-        // stall, it stops reading, and this side stalls in turn.
+    let rt = runtime();
+    let mut ws = rt.block_on(connect(server.addr));
+    let message = Message::binary(vec![7u8; 256 * 1024]);
+    // Echo requests, never reading a reply: the server's echo stalls, it
+    // stops reading, the socket buffers fill, and this side stalls in turn.
+    let mut sent = 0usize;
+    rt.block_on(async {
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), ws.send(message.clone())).await {
+            match tokio::time::timeout(Duration::from_millis(300), ws.send(message.clone())).await {
                 Ok(Ok(())) => sent += 1,
-                // Stalled: the server is no longer reading.
                 Err(_) => break,
-                // The server dropped the connection.
-                Ok(Err(_)) => break,
+                Ok(Err(e)) => panic!("the server dropped the client before it stalled: {e}"),
             }
             assert!(sent < 4096, "1 GiB accepted without backpressure");
         }
-        sent
     });
-    eventually("the stalled WebSocket dropped", PATIENCE, || {
-        (server.health()["counters"]["websockets"] == 0).then_some(())
+    let stalled_at = Instant::now();
+    // Still held open by this client, so only the server can end it.
+    let during = rss_kib(pid);
+    let dropped_after = eventually("the server to drop the stalled WebSocket", PATIENCE, || {
+        let health = server.health();
+        (health["counters"]["websockets"] == 0).then(|| stalled_at.elapsed())
     });
-    let after = rss_kib(pid);
-    eprintln!("never-reading client: {sent} × 256 KiB sent before backpressure; worker RSS {before} -> {after} KiB");
+    eprintln!(
+        "never-reading client: {sent} × 256 KiB sent before backpressure; worker RSS {before} KiB, {during} KiB while stalled; dropped by the server {dropped_after:?} after the client stalled (ws_ping_timeout {ping_timeout} s)"
+    );
+    // Its send to this client waited since before the client stalled, so
+    // the server's patience ran out less than ws_ping_timeout later: the
+    // margin is for a loaded machine, far below the 20 s ping interval.
     assert!(
-        after < before + 32 * 1024,
-        "worker grew by {} KiB",
-        after - before
+        dropped_after < Duration::from_secs_f64(ping_timeout + 5.0),
+        "dropped after {dropped_after:?}"
+    );
+    // What the worker holds for it: the message it is echoing, not the
+    // {sent} it was sent (the rest wait in the kernel's socket buffers).
+    assert!(
+        during < before + 2 * 1024,
+        "worker grew by {} KiB while the client stalled",
+        during - before
     );
     assert_eq!(worker_pid(&server), pid as u64);
+    drop(ws);
 }
 
 #[test]
@@ -480,7 +600,10 @@ fn panicking_handler_gets_500_and_the_worker_lives() {
     }
     server.wait_log("deliberate panic in a handler");
     assert_eq!(worker_pid(&server), pid);
-    assert!(!server.log().contains("worker exited"), "{}", server.log());
+    // The supervisor saw no worker end, and started none after the first.
+    let log = server.log();
+    assert!(!log.contains("worker died"), "{log}");
+    assert_eq!(log.matches("worker spawned").count(), 1, "{log}");
 }
 
 #[test]
