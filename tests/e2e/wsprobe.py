@@ -5,6 +5,10 @@
     wsprobe.py hold URL FILE     echo once, write "open" to FILE, then wait
                                  (at most 5 min) for the server to close;
                                  print the close code
+    wsprobe.py close URL         echo once, close with 1000 "bye" as a page
+                                 does; print the close code the client
+                                 reports (1006 if the server never answered
+                                 the Close frame)
 """
 import asyncio
 import sys
@@ -36,9 +40,20 @@ async def hold(url, marker):
         print(ws.close_code)
 
 
+async def close(url):
+    ws = await websockets.connect(url)
+    await ws.send("bye")
+    await ws.recv()
+    # Waits (close_timeout, 10 s by default) for the server's Close frame.
+    await ws.close(code=1000, reason="bye")
+    print(ws.close_code)
+
+
 if __name__ == "__main__":
     mode, url = sys.argv[1], sys.argv[2]
     if mode == "echo":
         asyncio.run(echo(url))
+    elif mode == "close":
+        asyncio.run(close(url))
     else:
         asyncio.run(hold(url, sys.argv[3]))
