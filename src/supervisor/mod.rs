@@ -556,6 +556,12 @@ impl Supervisor {
                     self.publish_status(true);
                 }
             }
+            Intent::Ignore(name) => {
+                tracing::info!(
+                    signal = name,
+                    "signal ignored: logs go to journald (nothing to reopen) and reload runs new code"
+                );
+            }
             Intent::RemoveWorker => {
                 if !self.stopping() && self.serving.target > 1 {
                     self.serving.target -= 1;
@@ -1093,4 +1099,41 @@ async fn watch(
     }
     let status = child.wait().await;
     let _ = events.send(Event::Exited(pid, status));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_250_ms_and_stops_at_30_s() {
+        let delays: Vec<u64> = (1..=9)
+            .map(|n| backoff_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+        );
+        // However many deaths, never past the cap, and no overflow.
+        assert_eq!(backoff_delay(0), BACKOFF_MIN);
+        assert_eq!(backoff_delay(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn exit_statuses_read_as_an_operator_would() {
+        let exited = |code: i32| Ok(ExitStatus::from_raw(code << 8));
+        let killed = |signal: i32| Ok(ExitStatus::from_raw(signal));
+        assert_eq!(describe(&exited(0)), "exit code 0");
+        assert_eq!(describe(&exited(3)), "exit code 3");
+        assert_eq!(describe(&killed(libc::SIGKILL)), "signal 9 (SIGKILL)");
+        assert_eq!(describe(&killed(libc::SIGABRT)), "signal 6 (SIGABRT)");
+        assert_eq!(
+            describe(&Ok(ExitStatus::from_raw(libc::SIGSEGV | 0x80))),
+            "signal 11 (SIGSEGV), core dumped"
+        );
+        assert_eq!(describe(&killed(libc::SIGUSR1)), "signal 10 (other)");
+        assert!(describe(&Err(std::io::Error::other("gone"))).contains("gone"));
+    }
 }

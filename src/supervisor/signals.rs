@@ -16,6 +16,11 @@ pub enum Intent {
     AddWorker,
     /// SIGTTOU: one worker fewer, never below one.
     RemoveWorker,
+    /// SIGUSR1, SIGUSR2: Gunicorn's "reopen logs" and "exec a new master",
+    /// which ferricorn has no use for (journald; the socket is systemd's).
+    /// Their default action would end the supervisor, so they are caught
+    /// and logged instead: a logrotate script kept from Gunicorn does no harm.
+    Ignore(&'static str),
 }
 
 pub struct Signals {
@@ -25,6 +30,8 @@ pub struct Signals {
     quit: Signal,
     ttin: Signal,
     ttou: Signal,
+    usr1: Signal,
+    usr2: Signal,
 }
 
 impl Signals {
@@ -40,6 +47,8 @@ impl Signals {
             quit: signal(SignalKind::quit())?,
             ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
             ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -52,6 +61,8 @@ impl Signals {
             _ = self.quit.recv() => Intent::FastStop,
             _ = self.ttin.recv() => Intent::AddWorker,
             _ = self.ttou.recv() => Intent::RemoveWorker,
+            _ = self.usr1.recv() => Intent::Ignore("SIGUSR1"),
+            _ = self.usr2.recv() => Intent::Ignore("SIGUSR2"),
         }
     }
 }

@@ -858,3 +858,21 @@ fn log_level_changes_on_reload_reach_the_new_workers() {
             .then_some(())
     });
 }
+
+/// Gunicorn's USR1 (reopen logs) and USR2 (new master) mean nothing here,
+/// and their default action would end the supervisor: they are logged and
+/// ignored, and the workers keep serving.
+#[test]
+fn usr1_and_usr2_are_ignored() {
+    let server = Server::ready(Options::default());
+    let workers = pid_set(&server);
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        server.signal(sig);
+    }
+    eventually("both signals logged as ignored", PATIENCE, || {
+        (server.log().matches("signal ignored").count() == 2).then_some(())
+    });
+    assert!(alive(server.pid()), "{}", server.log());
+    assert_eq!(pid_set(&server), workers);
+    assert_eq!(server.health()["status"], "healthy");
+}

@@ -155,6 +155,16 @@ fn chat_reaches_every_member_on_the_worker_and_reload_says_reconnect() {
         bob.send(Message::text("hi alice")).await.unwrap();
         assert_eq!(next_text(&mut alice).await, "hi alice");
         assert_eq!(next_text(&mut bob).await, "hi alice");
+        // So is every newcomer, however soon it is spoken to: no message
+        // sent after its 101 is missed.
+        for round in 0..50 {
+            let mut newcomer = connect_to(server.addr, "/chat").await;
+            let line = format!("welcome {round}");
+            alice.send(Message::text(line.clone())).await.unwrap();
+            assert_eq!(next_text(&mut newcomer).await, line);
+            assert_eq!(next_text(&mut alice).await, line);
+            assert_eq!(next_text(&mut bob).await, line);
+        }
     });
     // A reload drains the room's worker: every member is told to reconnect.
     server.signal(libc::SIGHUP);
