@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Loader, LogLevel, Overrides};
+use crate::logging::Early;
 use crate::worker::App;
 use crate::{listen, logging, supervisor, worker};
 
@@ -118,12 +119,12 @@ fn check_config(cli: &Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("ferricorn: {e}");
+                logging::early(Early::Error, format_args!("{e}"));
                 ExitCode::FAILURE
             }
         },
         Err(e) => {
-            eprintln!("ferricorn: {e}");
+            logging::early(Early::Error, format_args!("{e}"));
             ExitCode::from(EXIT_CONFIG)
         }
     }
@@ -145,14 +146,17 @@ fn serve(cli: &Cli) -> ExitCode {
     let exe = match worker_executable() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ferricorn: cannot find own executable: {e}");
+            logging::early(
+                Early::Error,
+                format_args!("cannot find own executable: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     let bind = match config.bind_addr() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("ferricorn: bind: {e}");
+            logging::early(Early::Error, format_args!("bind: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -174,7 +178,7 @@ fn serve(cli: &Cli) -> ExitCode {
         }) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ferricorn: {e}");
+            logging::early(Early::Error, format_args!("{e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -190,7 +194,7 @@ fn serve(cli: &Cli) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferricorn: cannot start runtime: {e}");
+            logging::early(Early::Error, format_args!("cannot start runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -215,20 +219,26 @@ fn config_or_wait(loader: &Loader) -> Result<crate::config::Config, ExitCode> {
         Ok(config) => return Ok(config),
         Err(e) => e,
     };
-    eprintln!("ferricorn: {first}");
+    logging::early(Early::Error, format_args!("{first}"));
     if !listen::systemd_client_waiting() {
         return Err(ExitCode::from(EXIT_CONFIG));
     }
-    eprintln!(
-        "ferricorn: clients are waiting on the socket: reading {} again for {} s before giving up",
-        loader.path().display(),
-        CONFIG_WAIT.as_secs()
+    logging::early(
+        Early::Warning,
+        format_args!(
+            "clients are waiting on the socket: reading {} again for {} s before giving up",
+            loader.path().display(),
+            CONFIG_WAIT.as_secs()
+        ),
     );
     let until = std::time::Instant::now() + CONFIG_WAIT;
     while std::time::Instant::now() < until {
         std::thread::sleep(CONFIG_RETRY);
         if let Ok(config) = loader.load() {
-            eprintln!("ferricorn: the configuration is valid now; starting");
+            logging::early(
+                Early::Notice,
+                format_args!("the configuration is valid now; starting"),
+            );
             return Ok(config);
         }
     }

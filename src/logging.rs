@@ -21,6 +21,29 @@ pub const SYSLOG_IDENTIFIER: &str = "ferricorn";
 /// Target of access-log events, so they can be filtered apart.
 pub const ACCESS_TARGET: &str = "ferricorn::access";
 
+/// How urgent a line written with [`early`] is (syslog priorities).
+#[derive(Clone, Copy, Debug)]
+pub enum Early {
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+}
+
+/// One line on stderr from before (or outside) the log subscriber: a bad
+/// config, unusable sockets. Under systemd stderr is a journal stream, and
+/// the line starts with the `<N>` prefix journald reads as its priority
+/// (sd-daemon(3)): an error shows as one (`journalctl -p err`, red in
+/// `systemctl status`), and it is not lost to journald's rate limit, which
+/// counts each priority apart, when a flood of info lines (the access log)
+/// has used up the service's budget.
+pub fn early(priority: Early, message: std::fmt::Arguments<'_>) {
+    if crate::sys::stderr_is_journal() {
+        eprintln!("<{}>ferricorn: {message}", priority as u8);
+    } else {
+        eprintln!("ferricorn: {message}");
+    }
+}
+
 /// Which process is logging.
 #[derive(Clone, Copy, Debug)]
 pub enum Role {
@@ -51,7 +74,10 @@ pub fn init(level: LogLevel, format: LogFormat, role: Role) {
                 return;
             }
             // Fall through to stderr, which the journal also captures.
-            Err(e) => eprintln!("ferricorn: journald socket unusable ({e}); logging to stderr"),
+            Err(e) => early(
+                Early::Warning,
+                format_args!("journald socket unusable ({e}); logging to stderr"),
+            ),
         }
     }
     let prefix = match role {

@@ -163,13 +163,19 @@ pub fn run(args: WorkerArgs, app: App) -> ExitCode {
             match runtime {
                 Ok(rt) => rt.block_on(serve(args, config, control, listeners, app)),
                 Err(e) => {
-                    eprintln!("ferricorn worker: cannot start runtime: {e}");
+                    logging::early(
+                        logging::Early::Error,
+                        format_args!("worker: cannot start runtime: {e}"),
+                    );
                     ExitCode::from(EXIT_WORKER_BOOT)
                 }
             }
         }
         Err(e) => {
-            eprintln!("ferricorn worker {}: {e}", args.slot);
+            logging::early(
+                logging::Early::Error,
+                format_args!("worker {}: {e}", args.slot),
+            );
             ExitCode::from(EXIT_WORKER_BOOT)
         }
     }
