@@ -181,6 +181,33 @@ mod tests {
     }
 
     #[test]
+    fn status_line_reads_as_systemctl_status_shows_it() {
+        let mut status = SupervisorStatus {
+            generation: 3,
+            workers_ready: 2,
+            workers_target: 2,
+            requests_per_second: 15234.4,
+            connections: 12,
+            websockets: 3,
+            ..SupervisorStatus::default()
+        };
+        assert_eq!(
+            status.to_string(),
+            "gen 3: 2/2 workers ready, 15234 req/s, 12 conns, 3 ws, 0 restarts"
+        );
+        status.crash_loop = 1;
+        status.restarts = 4;
+        status.reloading_to = Some(4);
+        status.last_reload = Some("ok (gen 3)".into());
+        assert_eq!(
+            status.to_string(),
+            "gen 3: 2/2 workers ready, 15234 req/s, 12 conns, 3 ws, 4 restarts, crash loop (1 quick deaths, backing off), reloading to gen 4, last reload ok (gen 3)"
+        );
+        status.crash_loop = 0;
+        assert!(!status.to_string().contains("crash loop"));
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert_eq!(WorkerMessage::decode(""), Err(DecodeError::Empty));
         assert!(WorkerMessage::decode("heartbeat 1 2").is_err());

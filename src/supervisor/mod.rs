@@ -1134,6 +1134,18 @@ mod tests {
             "signal 11 (SIGSEGV), core dumped"
         );
         assert_eq!(describe(&killed(libc::SIGUSR1)), "signal 10 (other)");
+        for (signal, name) in [
+            (libc::SIGKILL, "SIGKILL"),
+            (libc::SIGTERM, "SIGTERM"),
+            (libc::SIGSEGV, "SIGSEGV"),
+            (libc::SIGABRT, "SIGABRT"),
+            (libc::SIGINT, "SIGINT"),
+            (libc::SIGQUIT, "SIGQUIT"),
+            (libc::SIGHUP, "SIGHUP"),
+            (libc::SIGBUS, "SIGBUS"),
+        ] {
+            assert_eq!(signal_name(signal), name);
+        }
         assert!(describe(&Err(std::io::Error::other("gone"))).contains("gone"));
     }
 }

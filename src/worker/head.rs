@@ -32,6 +32,10 @@ const REJECTED_HEAD: &[u8] = b"GET / HTTP/1.1\r\nhost: rejected\r\nconnection: c
 /// Longest chunk-size line (with extensions) or trailer section followed.
 const CHUNK_LINE_MAX: usize = 4096;
 const TRAILERS_MAX: usize = 16 * 1024;
+/// hyper's own limits, which stand where a limit of ferricorn's is 0: the
+/// request target (64 KiB) and the header count (100).
+const HYPER_MAX_TARGET: usize = 64 * 1024;
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// The three limits, 0 meaning none of ferricorn's own.
 #[derive(Clone, Copy, Debug)]
@@ -44,10 +48,20 @@ pub struct Limits {
 impl Limits {
     /// The most a head may grow to before it is refused unseen.
     fn head_max(&self) -> usize {
-        let line = if self.line == 0 { 64 * 1024 } else { self.line };
-        let fields = if self.fields == 0 { 100 } else { self.fields };
+        let line = if self.line == 0 {
+            HYPER_MAX_TARGET
+        } else {
+            self.line
+        };
+        let fields = if self.fields == 0 {
+            HYPER_MAX_HEADERS
+        } else {
+            self.fields
+        };
+        // No limit of its own on a field: a field is at most what hyper
+        // would take as a whole request line.
         let size = if self.field_size == 0 {
-            64 * 1024
+            HYPER_MAX_TARGET
         } else {
             self.field_size
         };
@@ -264,14 +278,16 @@ impl<S> Inspected<S> {
                     let (taken, done) = take_line(rest, line);
                     pos += taken;
                     *total += taken;
-                    if done {
+                    // The whole section counts, complete lines too (found
+                    // by the boundary test: only an unfinished line did).
+                    if *total > TRAILERS_MAX {
+                        self.framing = Framing::Opaque;
+                    } else if done {
                         let last = line.trim_ascii().is_empty();
                         line.clear();
                         if last {
                             self.framing = Framing::Head;
                         }
-                    } else if *total > TRAILERS_MAX {
-                        self.framing = Framing::Opaque;
                     }
                 }
                 Framing::Head => {
@@ -587,6 +603,213 @@ mod tests {
             }
             out
         })
+    }
+
+    /// What `inspect` makes of `head`: the framing that follows it, by
+    /// name, or the status it is refused with.
+    fn verdict(limits: Limits, head: &str) -> Result<&'static str, u16> {
+        match limits.inspect(head.as_bytes()) {
+            Ok(Framing::Head) => Ok("head"),
+            Ok(Framing::Body(_)) => Ok("body"),
+            Ok(Framing::ChunkSize(_)) => Ok("chunked"),
+            Ok(Framing::Opaque) => Ok("opaque"),
+            Ok(other) => panic!("inspect gave {other:?}"),
+            Err((status, _)) => Err(status.as_u16()),
+        }
+    }
+
+    /// A head with `fields` header lines (Host first) after `line`.
+    fn head(line: &str, fields: &[&str]) -> String {
+        let mut out = format!("{line}\r\n");
+        for f in fields {
+            out.push_str(f);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out
+    }
+
+    #[test]
+    fn each_limit_allows_its_value_and_refuses_one_more() {
+        // A request line of exactly `n` bytes.
+        let line = |n: usize| format!("GET /{} HTTP/1.1", "a".repeat(n - "GET / HTTP/1.1".len()));
+        assert_eq!(verdict(LIMITS, &head(&line(200), &["Host: a"])), Ok("head"));
+        assert_eq!(verdict(LIMITS, &head(&line(201), &["Host: a"])), Err(414));
+        let many = |n: usize| {
+            let mut fields = vec!["Host: a".to_owned()];
+            fields.extend((1..n).map(|i| format!("X-{i}: 1")));
+            fields
+        };
+        let ten: Vec<String> = many(10);
+        let eleven: Vec<String> = many(11);
+        let as_refs = |v: &[String]| {
+            v.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        };
+        assert_eq!(
+            verdict(LIMITS, &head("GET / HTTP/1.1", &[&as_refs(&ten)])),
+            Ok("head")
+        );
+        assert_eq!(
+            verdict(LIMITS, &head("GET / HTTP/1.1", &[&as_refs(&eleven)])),
+            Err(431)
+        );
+        // A field line of exactly `n` bytes.
+        let field = |n: usize| format!("X: {}", "a".repeat(n - 3));
+        assert_eq!(
+            verdict(LIMITS, &head("GET / HTTP/1.1", &["Host: a", &field(100)])),
+            Ok("head")
+        );
+        assert_eq!(
+            verdict(LIMITS, &head("GET / HTTP/1.1", &["Host: a", &field(101)])),
+            Err(431)
+        );
+        // 0: no limit of ferricorn's own.
+        let none = Limits {
+            line: 0,
+            fields: 0,
+            field_size: 0,
+        };
+        assert_eq!(
+            verdict(none, &head(&line(5000), &["Host: a", &field(5000)])),
+            Ok("head")
+        );
+    }
+
+    #[test]
+    fn host_is_required_once_on_http_1_1_and_never_twice() {
+        let get = |version: &str, fields: &[&str]| {
+            verdict(LIMITS, &head(&format!("GET / {version}"), fields))
+        };
+        assert_eq!(get("HTTP/1.1", &["Host: a"]), Ok("head"));
+        assert_eq!(get("HTTP/1.1", &["host:a:8080"]), Ok("head"));
+        assert_eq!(get("HTTP/1.1", &["Host: [::1]:80"]), Ok("head"));
+        assert_eq!(get("HTTP/1.1", &["Host:"]), Ok("head"));
+        assert_eq!(get("HTTP/1.1", &[]), Err(400));
+        assert_eq!(get("HTTP/1.1", &["Host: a", "Host: a"]), Err(400));
+        assert_eq!(get("HTTP/1.0", &[]), Ok("head"));
+        assert_eq!(get("HTTP/1.0", &["Host: a", "Host: b"]), Err(400));
+        for bad in ["a b", "a,b", "a/b", "a?b", "a#b", "u@a", "a\\b", "a\tb"] {
+            assert_eq!(
+                get("HTTP/1.1", &[&format!("Host: {bad}")]),
+                Err(400),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_framing_after_each_kind_of_head() {
+        let with = |fields: &[&str]| {
+            let mut all = vec!["Host: a"];
+            all.extend_from_slice(fields);
+            verdict(LIMITS, &head("POST / HTTP/1.1", &all))
+        };
+        assert_eq!(with(&[]), Ok("head"));
+        assert_eq!(with(&["Content-Length: 0"]), Ok("head"));
+        assert_eq!(with(&["Content-Length: 5"]), Ok("body"));
+        assert_eq!(with(&["Content-Length: five"]), Ok("opaque"));
+        assert_eq!(with(&["Transfer-Encoding: gzip, chunked"]), Ok("chunked"));
+        assert_eq!(with(&["Transfer-Encoding: chunked, gzip"]), Ok("opaque"));
+        assert_eq!(
+            with(&["Content-Length: 5", "Transfer-Encoding: chunked"]),
+            Err(400)
+        );
+        assert_eq!(with(&["Upgrade: websocket"]), Ok("opaque"));
+        assert_eq!(
+            verdict(LIMITS, &head("CONNECT a:443 HTTP/1.1", &["Host: a:443"])),
+            Ok("opaque")
+        );
+        assert_eq!(
+            verdict(LIMITS, &head("CONNECTX a HTTP/1.1", &["Host: a"])),
+            Ok("head")
+        );
+    }
+
+    #[test]
+    fn head_max_is_the_sum_of_the_limits_and_holds_exactly() {
+        assert_eq!(LIMITS.head_max(), 200 + 2 + 10 * (100 + 2) + 2);
+        let none = Limits {
+            line: 0,
+            fields: 0,
+            field_size: 0,
+        };
+        assert_eq!(
+            none.head_max(),
+            HYPER_MAX_TARGET + 2 + HYPER_MAX_HEADERS * (HYPER_MAX_TARGET + 2) + 2
+        );
+        // A head that never ends: held up to head_max bytes (then the
+        // client's end of stream hands it to hyper as it is), refused one
+        // byte later.
+        let unended = |n: usize| {
+            let mut bytes = b"GET / HTTP/1.1\r\n".to_vec();
+            bytes.resize(n, b'x');
+            bytes
+        };
+        let max = LIMITS.head_max();
+        let held = unended(max);
+        let verdicts = Arc::new(Verdicts::default());
+        let out = read_through(pieces(&held, &[]), held.len(), 64, verdicts.clone());
+        assert_eq!(out, held);
+        assert_eq!(verdicts.rejected_at.load(Ordering::SeqCst), 0);
+        let over = unended(max + 1);
+        let verdicts = Arc::new(Verdicts::default());
+        let out = read_through(
+            pieces(&over, &[]),
+            REJECTED_HEAD.len(),
+            64,
+            verdicts.clone(),
+        );
+        assert_eq!(out, REJECTED_HEAD);
+        assert_eq!(
+            verdicts.next_request(),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn chunk_lines_and_trailers_are_followed_only_so_far() {
+        let scanned = |body: &[u8]| {
+            let mut inspected = Inspected::new(Pieces(VecDeque::new()), LIMITS, Arc::default());
+            let mut all =
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            all.extend_from_slice(body);
+            let passed = inspected.scan(&all);
+            (passed == all.len(), inspected.framing)
+        };
+        // Trailers: up to TRAILERS_MAX followed, then passed on unread.
+        let trailers = |size: usize| {
+            let mut body = b"0\r\n".to_vec();
+            let line = format!("T: {}\r\n", "t".repeat(size - 5));
+            body.extend_from_slice(line.as_bytes());
+            body
+        };
+        assert!(matches!(
+            scanned(&trailers(TRAILERS_MAX)),
+            (true, Framing::Trailers(_, _))
+        ));
+        assert!(matches!(
+            scanned(&trailers(TRAILERS_MAX + 1)),
+            (true, Framing::Opaque)
+        ));
+        let mut ended = trailers(100);
+        ended.extend_from_slice(b"\r\n");
+        assert!(matches!(scanned(&ended), (true, Framing::Head)));
+        // A chunk-size line: up to CHUNK_LINE_MAX followed.
+        let size_line = |n: usize| format!("5;{}", "e".repeat(n - 2)).into_bytes();
+        assert!(matches!(
+            scanned(&size_line(CHUNK_LINE_MAX)),
+            (true, Framing::ChunkSize(_))
+        ));
+        assert!(matches!(
+            scanned(&size_line(CHUNK_LINE_MAX + 1)),
+            (true, Framing::Opaque)
+        ));
+        assert_eq!(chunk_size(b"1f;x=y\r\n"), Some(31));
+        assert_eq!(chunk_size(b"\r\n"), None);
+        assert_eq!(chunk_size(b"11111111111111111\r\n"), None);
     }
 
     proptest! {
