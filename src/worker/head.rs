@@ -396,16 +396,14 @@ fn take_line(rest: &[u8], line: &mut Vec<u8>) -> (usize, bool) {
     }
 }
 
-/// The size on a chunk-size line (hex, before any `;` extension).
+/// The size on a chunk-size line (hex, before any `;` extension); None
+/// for no digits, a non-hex digit, or a size past `u64`.
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default()
         .trim_ascii();
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
@@ -679,6 +677,52 @@ mod tests {
     }
 
     #[test]
+    fn a_head_ends_at_its_first_blank_line_whatever_the_line_ends() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\r\nrest", 0), Some(25));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        // Searching on from where an earlier search of the same head ended.
+        assert_eq!(head_end(b"a\r\nb\r\n\r\n", 4), Some(8));
+        assert_eq!(head_end(b"a\r\n\r\nb\r\n\r\n", 5), Some(10));
+    }
+
+    #[test]
+    fn blank_lines_before_a_request_are_skipped_and_passed_on() {
+        // RFC 9112 §2.2: a server ignores at least one empty line before a
+        // request line.
+        let stream = b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        let verdicts = Arc::new(Verdicts::default());
+        let out = read_through(pieces(&stream, &[]), stream.len(), 4096, verdicts.clone());
+        assert_eq!(out, stream);
+        assert_eq!(verdicts.delivered.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_request_line_still_arriving_is_refused_once_past_the_limit() {
+        // Held while it could still end within the limit (its CR may be
+        // the last byte read), refused one byte later.
+        let arriving = |n: usize, want: usize| {
+            let mut bytes = b"GET /".to_vec();
+            bytes.resize(n, b'a');
+            let verdicts = Arc::new(Verdicts::default());
+            let out = read_through(pieces(&bytes, &[]), want, 4096, verdicts.clone());
+            (out, verdicts.next_request())
+        };
+        // Held until the peer's stream ends, then handed to hyper as it is.
+        let (out, verdict) = arriving(LIMITS.line + 1, LIMITS.line + 2);
+        assert_eq!(verdict, None);
+        assert_eq!(out.len(), LIMITS.line + 1);
+        let (out, verdict) = arriving(LIMITS.line + 2, REJECTED_HEAD.len());
+        assert_eq!(verdict, Some(StatusCode::URI_TOO_LONG));
+        assert_eq!(out, REJECTED_HEAD);
+    }
+
+    #[test]
     fn host_is_required_once_on_http_1_1_and_never_twice() {
         let get = |version: &str, fields: &[&str]| {
             verdict(LIMITS, &head(&format!("GET / {version}"), fields))
@@ -807,9 +851,22 @@ mod tests {
             scanned(&size_line(CHUNK_LINE_MAX + 1)),
             (true, Framing::Opaque)
         ));
+        // A size line that is not hex (nor the blank line after a chunk's
+        // data): not followed further.
+        assert!(matches!(
+            scanned(b"5\r\nhello\r\nzz\r\n"),
+            (true, Framing::Opaque)
+        ));
+        assert!(matches!(
+            scanned(b"5\r\nhello\r\n0\r\n\r\n"),
+            (true, Framing::Head)
+        ));
         assert_eq!(chunk_size(b"1f;x=y\r\n"), Some(31));
         assert_eq!(chunk_size(b"\r\n"), None);
-        assert_eq!(chunk_size(b"11111111111111111\r\n"), None);
+        assert_eq!(chunk_size(b"ffffffffffffffff\r\n"), Some(u64::MAX));
+        assert_eq!(chunk_size(b"00000000000000000001\r\n"), Some(1));
+        assert_eq!(chunk_size(b"10000000000000000\r\n"), None);
+        assert_eq!(chunk_size(b"+1\r\n"), Some(1));
     }
 
     proptest! {
