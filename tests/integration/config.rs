@@ -121,6 +121,24 @@ fn check_config_prints_the_resolved_layers() {
     assert!(text.contains("log_level = \"debug\""), "{text}");
 }
 
+#[test]
+fn without_a_file_the_defaults_serve() {
+    // As on a fresh machine: no --config and no /etc file is not an
+    // error (Gunicorn runs with no config file too).
+    if std::path::Path::new("/etc/ferricorn/ferricorn.toml").exists() {
+        eprintln!("skipped: /etc/ferricorn/ferricorn.toml exists on this machine");
+        return;
+    }
+    let out = output(&["check-config"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bind = \"127.0.0.1:8097\""), "{text}");
+}
+
 /// Under socket activation a client may already wait in systemd's backlog
 /// when the config turns out invalid: the start waits (4 s) for a fix,
 /// reading the file again, and serves that client once it is fixed.
