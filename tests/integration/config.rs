@@ -66,6 +66,16 @@ fn unknown_toml_key_names_key_and_file() {
 }
 
 #[test]
+fn a_file_that_is_not_toml_is_named_with_the_line() {
+    let (_dir, path) = config_file("workers = 2\nbind = [\n");
+    for sub in ["serve", "check-config"] {
+        let (code, err) = run(&["--config", &path, sub], &[]);
+        assert_eq!(code, EXIT_CONFIG, "{sub}: {err}");
+        assert!(err.contains(&path) && err.contains("line 2"), "{sub}: {err}");
+    }
+}
+
+#[test]
 fn out_of_range_flag_names_the_flag() {
     let (code, err) = run(
         &["--config", "/dev/null", "--workers", "0", "check-config"],
