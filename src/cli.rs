@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Loader, LogLevel, Overrides};
+use crate::exit::{Exit, StartError};
 use crate::logging::Early;
 use crate::worker::App;
 use crate::{listen, logging, supervisor, worker};
@@ -76,17 +77,26 @@ impl Cli {
     }
 }
 
-/// Exit code of an invalid config (sysexits' EX_CONFIG; systemd shows it
-/// as "CONFIG").
-const EXIT_CONFIG: u8 = 78;
-
 /// The whole program: `serve`, `check-config`, or (started by `serve`)
 /// `worker`, whose workers build their routes with `app`. A binary's
 /// `main` is this one call, so a worker re-executed from the binary gets
 /// the same `app`.
 pub fn main(app: App) -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; anything
+            // else is a usage error, said on stderr.
+            let _ = e.print();
+            let exit = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            };
+            return exit.into();
+        }
+    };
+    let exit = match cli.command {
         Command::Worker {
             slot,
             generation,
@@ -102,30 +112,28 @@ pub fn main(app: App) -> ExitCode {
             app,
         ),
         Command::CheckConfig => check_config(&cli),
-        Command::Serve => serve(&cli),
-    }
+        Command::Serve => serve(&cli).unwrap_or_else(|e| {
+            logging::early(Early::Error, format_args!("{e}"));
+            e.exit()
+        }),
+    };
+    exit.into()
 }
 
-fn check_config(cli: &Cli) -> ExitCode {
+fn check_config(cli: &Cli) -> Exit {
     let loader = cli.loader();
     match loader.load() {
-        Ok(config) => match config.to_toml() {
-            Ok(text) => {
-                println!(
-                    "# resolved from defaults < {} < FERRICORN_* < flags",
-                    loader.path().display()
-                );
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                logging::early(Early::Error, format_args!("{e}"));
-                ExitCode::FAILURE
-            }
-        },
+        Ok(config) => {
+            println!(
+                "# resolved from defaults < {} < FERRICORN_* < flags",
+                loader.path().display()
+            );
+            print!("{}", config.to_toml());
+            Exit::Success
+        }
         Err(e) => {
             logging::early(Early::Error, format_args!("{e}"));
-            ExitCode::from(EXIT_CONFIG)
+            Exit::Config
         }
     }
 }
@@ -136,72 +144,30 @@ const CONFIG_WAIT: Duration = Duration::from_secs(4);
 /// How often the file is read again meanwhile.
 const CONFIG_RETRY: Duration = Duration::from_millis(250);
 
-fn serve(cli: &Cli) -> ExitCode {
+fn serve(cli: &Cli) -> Result<Exit, StartError> {
     let loader = cli.loader();
-    let config = match config_or_wait(&loader) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let config = config_or_wait(&loader)?;
     // Before any thread exists: listenfd edits the environment.
-    let exe = match worker_executable() {
-        Ok(p) => p,
-        Err(e) => {
-            logging::early(
-                Early::Error,
-                format_args!("cannot find own executable: {e}"),
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let bind = match config.bind_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            logging::early(Early::Error, format_args!("bind: {e}"));
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let sockets = match listen::listeners(bind, config.backlog, config.reuse_port)
-        .map_err(|e| e.to_string())
-        .and_then(|(ls, origin)| {
-            let lifted = ls
-                .into_iter()
-                .map(|l| {
-                    listen::lift(l).map_err(|e| {
-                        format!(
-                            "cannot move a listener above descriptor {}: {e} (is the open-files limit, LimitNOFILE=, that low?)",
-                            crate::sys::INHERIT_FLOOR
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            listen::Sockets::new(lifted, origin, config.backlog).map_err(|e| e.to_string())
-        }) {
-        Ok(s) => s,
-        Err(e) => {
-            logging::early(Early::Error, format_args!("{e}"));
-            return ExitCode::FAILURE;
-        }
-    };
+    let exe = worker_executable().map_err(StartError::Executable)?;
+    let sockets = listen::open(config.bind_addr(), config.backlog, config.reuse_port)?;
     logging::init(
         config.log_level,
         config.log_format,
         logging::Role::Supervisor,
     );
     // One thread: the supervisor waits on signals, sockets and timers only.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            logging::early(Early::Error, format_args!("cannot start runtime: {e}"));
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(supervisor::run(loader, config, exe, sockets))
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(async {
+        let intents = supervisor::signals::forward().map_err(StartError::Signals)?;
+        supervisor::run(loader, config, exe, sockets, intents).await
+    })
 }
 
-/// The config, or exit code 78 once it is clear there is none.
+/// The config, or the error that ends the start once it is clear there is
+/// none.
 ///
 /// An invalid config is said once and ends the start at once (the unit's
 /// `RestartPreventExitStatus=` keeps systemd from restarting it) — unless
@@ -214,15 +180,15 @@ fn serve(cli: &Cli) -> ExitCode {
 /// unit's start limit, so the socket keeps listening and its clients keep
 /// waiting; a fix made meanwhile is taken at once and the waiting clients
 /// are served.
-fn config_or_wait(loader: &Loader) -> Result<crate::config::Config, ExitCode> {
+fn config_or_wait(loader: &Loader) -> Result<crate::config::Config, StartError> {
     let first = match loader.load() {
         Ok(config) => return Ok(config),
         Err(e) => e,
     };
-    logging::early(Early::Error, format_args!("{first}"));
     if !listen::systemd_client_waiting() {
-        return Err(ExitCode::from(EXIT_CONFIG));
+        return Err(first.into());
     }
+    logging::early(Early::Error, format_args!("{first}"));
     logging::early(
         Early::Warning,
         format_args!(
@@ -242,7 +208,7 @@ fn config_or_wait(loader: &Loader) -> Result<crate::config::Config, ExitCode> {
             return Ok(config);
         }
     }
-    Err(ExitCode::from(EXIT_CONFIG))
+    Err(StartError::ConfigUnfixed(CONFIG_WAIT.as_secs()))
 }
 
 /// The path workers are started from: the path this process was started as

@@ -144,26 +144,27 @@ impl Default for Config {
 }
 
 impl Config {
-    /// `bind` as a socket address; validated at load, so this cannot fail
-    /// on a `Config` that came from [`Loader::load`].
-    pub fn bind_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
-        self.bind.parse()
+    /// `bind` as a socket address.
+    ///
+    /// # Panics
+    /// On a `bind` that is not an address, which [`Loader::load`] refuses:
+    /// only a `Config` built by hand can have one.
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind.parse().expect("bind was validated at load")
     }
 
     /// The config as `check-config` prints it: TOML that loads back to the
     /// same config.
-    ///
-    /// # Errors
-    /// A value TOML cannot write (none of this struct's, but the encoder
-    /// is fallible).
-    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string(self)
+    pub fn to_toml(&self) -> String {
+        // Validation keeps every integer within TOML's i64 and every float
+        // finite, the only values TOML cannot write.
+        toml::to_string(self).expect("a validated Config encodes as TOML")
     }
 
     /// The checks serde's types cannot express, as (key, problem) pairs.
     fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if self.bind_addr().is_err() {
+        if self.bind.parse::<SocketAddr>().is_err() {
             out.push((
                 "bind",
                 format!("{:?} is not an address like 127.0.0.1:8097", self.bind),
@@ -426,122 +427,4 @@ fn describe(figment: &Figment, errors: figment::Error) -> ConfigError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_sizes_parse_with_units() {
-        assert_eq!("512".parse(), Ok(ByteSize(512)));
-        assert_eq!("64M".parse(), Ok(ByteSize(64 << 20)));
-        assert_eq!("1G".parse(), Ok(ByteSize(1 << 30)));
-        assert!("12 parsecs".parse::<ByteSize>().is_err());
-        assert!("99999999999T".parse::<ByteSize>().is_err());
-    }
-
-    #[test]
-    fn defaults_are_valid() {
-        assert!(Config::default().problems().is_empty());
-    }
-
-    #[test]
-    fn range_problems_name_the_key() {
-        let config = Config {
-            workers: 0,
-            timeout: -1.0,
-            bind: "nowhere".into(),
-            ..Config::default()
-        };
-        let keys: Vec<_> = config.problems().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["bind", "workers", "timeout"]);
-    }
-
-    /// The keys of a config whose one field was changed by `set`.
-    fn problem_keys(set: impl FnOnce(&mut Config)) -> Vec<&'static str> {
-        let mut config = Config::default();
-        set(&mut config);
-        config.problems().into_iter().map(|(k, _)| k).collect()
-    }
-
-    #[test]
-    fn defaults_are_the_documented_ones() {
-        // The README's table and Gunicorn/Uvicorn's defaults, which a
-        // migrating team relies on without reading either.
-        let c = Config::default();
-        assert_eq!(c.bind, "127.0.0.1:8097");
-        assert_eq!(c.backlog, 2048);
-        assert_eq!(c.ws_max_size, 16_777_216);
-        assert_eq!(
-            (c.timeout, c.graceful_timeout, c.boot_timeout),
-            (30.0, 30.0, 30.0)
-        );
-        assert_eq!(c.keepalive, 5.0);
-        assert_eq!((c.ws_ping_interval, c.ws_ping_timeout), (20.0, 20.0));
-        assert_eq!(
-            (
-                c.limit_request_line,
-                c.limit_request_fields,
-                c.limit_request_field_size
-            ),
-            (4094, 100, 8190)
-        );
-        assert_eq!(
-            (c.max_requests, c.max_requests_jitter, c.worker_connections),
-            (0, 0, 1000)
-        );
-        assert_eq!((c.memory_high, c.memory_max), (ByteSize(0), ByteSize(0)));
-        assert_eq!(c.threads, 1);
-    }
-
-    #[test]
-    fn seconds_have_a_range_and_only_ws_ping_interval_may_be_off() {
-        assert!(problem_keys(|c| c.timeout = MIN_SECONDS).is_empty());
-        assert_eq!(problem_keys(|c| c.timeout = 0.0009), ["timeout"]);
-        assert!(problem_keys(|c| c.keepalive = MAX_SECONDS).is_empty());
-        assert_eq!(problem_keys(|c| c.keepalive = 86_400.1), ["keepalive"]);
-        assert_eq!(
-            problem_keys(|c| c.graceful_timeout = 0.0),
-            ["graceful_timeout"]
-        );
-        assert_eq!(
-            problem_keys(|c| c.boot_timeout = f64::NAN),
-            ["boot_timeout"]
-        );
-        assert!(problem_keys(|c| c.ws_ping_interval = 0.0).is_empty());
-        assert_eq!(
-            problem_keys(|c| c.ws_ping_interval = -1.0),
-            ["ws_ping_interval"]
-        );
-        assert_eq!(
-            problem_keys(|c| c.ws_ping_timeout = 0.0),
-            ["ws_ping_timeout"]
-        );
-    }
-
-    #[test]
-    fn ceilings_include_their_value() {
-        assert!(problem_keys(|c| c.workers = 1024).is_empty());
-        assert_eq!(problem_keys(|c| c.workers = 1025), ["workers"]);
-        assert!(problem_keys(|c| c.limit_request_fields = 32_768).is_empty());
-        assert_eq!(
-            problem_keys(|c| c.limit_request_fields = 32_769),
-            ["limit_request_fields"]
-        );
-        assert!(problem_keys(|c| c.memory_max = ByteSize(i64::MAX as u64)).is_empty());
-        assert_eq!(
-            problem_keys(|c| c.memory_max = ByteSize(u64::MAX)),
-            ["memory_max"]
-        );
-    }
-
-    #[test]
-    fn byte_sizes_are_written_back_as_bytes() {
-        // `check-config` prints a config that loads back the same.
-        let config = Config {
-            memory_high: "512M".parse().unwrap(),
-            ..Config::default()
-        };
-        let text = config.to_toml().unwrap();
-        assert!(text.contains("memory_high = 536870912"), "{text}");
-        assert!(text.contains("memory_max = 0"), "{text}");
-    }
-}
+mod tests;

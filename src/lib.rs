@@ -13,6 +13,7 @@
 //! - [`worker`]: `ferricorn worker`: serves the app on the inherited sockets.
 //! - [`app`]: the routes; the part a template user edits.
 //! - [`control`]: the supervisor ↔ worker line protocol.
+//! - [`exit`]: every exit code, and why a start fails.
 //! - [`logging`]: journald or stderr.
 //! - [`sys`]: the raw OS calls, each wrapped once.
 
@@ -20,6 +21,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod exit;
 pub mod listen;
 pub mod logging;
 pub mod supervisor;

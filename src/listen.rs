@@ -41,6 +41,10 @@ pub enum ListenError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot move a listener above descriptor {floor}: {0} (is the open-files limit, LimitNOFILE=, that low?)", floor = sys::INHERIT_FLOOR)]
+    Lift(std::io::Error),
+    #[error("cannot read the bound socket's address: {0}")]
+    LocalAddr(std::io::Error),
 }
 
 /// Who made the listening sockets.
@@ -58,7 +62,7 @@ pub enum Origin {
 /// # Errors
 /// Malformed `LISTEN_*` values, a passed descriptor that is not a listening
 /// TCP stream socket, or a failed bind.
-pub fn listeners(
+fn listeners(
     bind: SocketAddr,
     backlog: u32,
     reuse_port: bool,
@@ -70,6 +74,20 @@ pub fn listeners(
             Origin::Bound { reuse_port },
         )),
     }
+}
+
+/// The supervisor's sockets: [`listeners`], each lifted above the
+/// descriptors workers receive, arranged by [`Sockets::new`].
+///
+/// # Errors
+/// As [`listeners`], or a descriptor table too small to lift into.
+pub fn open(bind: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Sockets, ListenError> {
+    let (listeners, origin) = listeners(bind, backlog, reuse_port)?;
+    let lifted = listeners
+        .into_iter()
+        .map(lift)
+        .collect::<Result<Vec<_>, _>>()?;
+    Sockets::new(lifted, origin, backlog)
 }
 
 /// Whether systemd passed this process listening sockets (`LISTEN_FDS`
@@ -154,7 +172,7 @@ fn from_systemd() -> Result<Option<Vec<Listener>>, ListenError> {
 ///
 /// # Errors
 /// The socket calls failing, usually the address being in use.
-pub fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Listener, ListenError> {
+fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Listener, ListenError> {
     let err = |source| ListenError::Bind { addr, source };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
@@ -179,11 +197,12 @@ pub fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<List
 ///
 /// # Errors
 /// `fcntl(F_DUPFD_CLOEXEC)` failing (descriptor table full).
-pub fn lift(listener: Listener) -> std::io::Result<Listener> {
+fn lift(listener: Listener) -> Result<Listener, ListenError> {
     let raw = listener.socket.into_raw_fd();
     // SAFETY: `raw` came from `into_raw_fd`, so we own it and close it once.
     let original = unsafe { OwnedFd::from_raw_fd(raw) };
-    let lifted = sys::dup_above(original.as_raw_fd(), sys::INHERIT_FLOOR)?;
+    let lifted =
+        sys::dup_above(original.as_raw_fd(), sys::INHERIT_FLOOR).map_err(ListenError::Lift)?;
     Ok(Listener {
         name: listener.name,
         socket: TcpListener::from(lifted),
@@ -215,18 +234,18 @@ impl Sockets {
     ///
     /// # Errors
     /// The bound socket's address cannot be read.
-    pub fn new(
+    fn new(
         mut listeners: Vec<Listener>,
         origin: Origin,
         backlog: u32,
-    ) -> std::io::Result<Sockets> {
+    ) -> Result<Sockets, ListenError> {
         if origin != (Origin::Bound { reuse_port: true }) || listeners.len() != 1 {
             return Ok(Sockets::Shared(listeners));
         }
         let first = listeners.remove(0);
         // The address actually bound, so `bind = "…:0"` gives every slot the
         // same port.
-        let addr = first.socket.local_addr()?;
+        let addr = first.socket.local_addr().map_err(ListenError::LocalAddr)?;
         Ok(Sockets::PerSlot {
             addr,
             backlog,
@@ -239,7 +258,7 @@ impl Sockets {
     ///
     /// # Errors
     /// Binding or lifting a new per-slot socket failed.
-    pub fn for_slot(&mut self, slot: usize) -> Result<Vec<RawFd>, String> {
+    pub fn for_slot(&mut self, slot: usize) -> Result<Vec<RawFd>, ListenError> {
         match self {
             Sockets::Shared(listeners) => {
                 Ok(listeners.iter().map(|l| l.socket.as_raw_fd()).collect())
@@ -250,8 +269,7 @@ impl Sockets {
                 slots,
             } => {
                 if let std::collections::btree_map::Entry::Vacant(e) = slots.entry(slot) {
-                    let bound = bind_one(*addr, *backlog, true).map_err(|e| e.to_string())?;
-                    e.insert(lift(bound).map_err(|e| e.to_string())?);
+                    e.insert(lift(bind_one(*addr, *backlog, true)?)?);
                 }
                 Ok(vec![slots[&slot].socket.as_raw_fd()])
             }

@@ -78,13 +78,39 @@ fn delegated(dir: &Path) -> bool {
     euid != 0 && std::fs::metadata(dir).is_ok_and(|m| m.uid() == euid)
 }
 
+/// Takes the delegated cgroup subtree if there is one, and says once in the
+/// log what memory limits can and cannot do here.
+pub fn take_subtree(config: &crate::config::Config) -> Option<Subtree> {
+    let (high, max) = (config.memory_high.0, config.memory_max.0);
+    match Subtree::setup() {
+        Ok(subtree) => {
+            tracing::info!(
+                memory_controller = subtree.has_memory(),
+                "workers run in cgroups of their own (worker-<slot>)"
+            );
+            if !subtree.has_memory() && (high > 0 || max > 0) {
+                tracing::warn!("no memory controller delegated: memory_max is not enforced, memory_high uses RSS from /proc");
+            }
+            Some(subtree)
+        }
+        Err(why) => {
+            if max > 0 {
+                tracing::warn!(reason = %why, "no per-worker cgroups: memory_max is not enforced; memory_high uses RSS from /proc");
+            } else {
+                tracing::info!(reason = %why, "no per-worker cgroups; worker memory measured from /proc");
+            }
+            None
+        }
+    }
+}
+
 impl Subtree {
     /// Takes over the delegated subtree, or says why not.
     ///
     /// # Errors
     /// A sentence for the log: no cgroup v2, not delegated, or a step that
     /// failed.
-    pub fn setup() -> Result<Subtree, String> {
+    fn setup() -> Result<Subtree, String> {
         let mount = cgroup2_mount().ok_or("no cgroup v2 hierarchy mounted")?;
         let own = own_cgroup().ok_or("not in a cgroup v2 cgroup")?;
         let base = mount.join(own.trim_start_matches('/'));

@@ -13,13 +13,27 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-/// What the sender thread sends; owned, so it can cross the channel.
-enum Note {
+/// What the supervisor tells systemd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// `READY=1` with the status line: every worker of the serving
+    /// generation has reported ready.
     Ready(String),
-    Reloading(Option<i128>),
+    /// `RELOADING=1` with `MONOTONIC_USEC=` (taken when queued, not when
+    /// sent), as `Type=notify-reload` (systemd 253+) requires; older
+    /// systemd ignores it.
+    Reloading,
+    /// `STOPPING=1` with the status line.
     Stopping(String),
+    /// `STATUS=` alone: what `systemctl status` shows.
     Status(String),
+    /// `WATCHDOG=1`.
     Watchdog,
+}
+
+/// What the sender thread sends; owned, so it can cross the channel.
+enum Queued {
+    Note(Note, Option<i128>),
     /// Answered once everything queued before it has been sent.
     Flush(mpsc::Sender<()>),
 }
@@ -27,15 +41,15 @@ enum Note {
 /// Longest wait in [`flush`]: notes are best-effort, exiting is not.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn sender() -> &'static mpsc::Sender<Note> {
-    static SENDER: OnceLock<mpsc::Sender<Note>> = OnceLock::new();
+fn sender() -> &'static mpsc::Sender<Queued> {
+    static SENDER: OnceLock<mpsc::Sender<Queued>> = OnceLock::new();
     SENDER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Note>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let spawned = std::thread::Builder::new()
             .name("sd-notify".into())
             .spawn(move || {
-                for note in rx {
-                    send_now(note);
+                for queued in rx {
+                    send_now(queued);
                 }
             });
         if let Err(e) = spawned {
@@ -45,12 +59,12 @@ fn sender() -> &'static mpsc::Sender<Note> {
     })
 }
 
-fn send_now(note: Note) {
-    let result = match note {
-        Note::Ready(status) => {
+fn send_now(queued: Queued) {
+    let result = match queued {
+        Queued::Note(Note::Ready(status), _) => {
             sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)])
         }
-        Note::Reloading(Some(usec)) => sd_notify::notify(
+        Queued::Note(Note::Reloading, Some(usec)) => sd_notify::notify(
             false,
             &[
                 NotifyState::Reloading,
@@ -58,17 +72,19 @@ fn send_now(note: Note) {
                 NotifyState::Status("reloading"),
             ],
         ),
-        Note::Reloading(None) => sd_notify::notify(
+        Queued::Note(Note::Reloading, None) => sd_notify::notify(
             false,
             &[NotifyState::Reloading, NotifyState::Status("reloading")],
         ),
-        Note::Stopping(status) => sd_notify::notify(
+        Queued::Note(Note::Stopping(status), _) => sd_notify::notify(
             false,
             &[NotifyState::Stopping, NotifyState::Status(&status)],
         ),
-        Note::Status(status) => sd_notify::notify(false, &[NotifyState::Status(&status)]),
-        Note::Watchdog => sd_notify::notify(false, &[NotifyState::Watchdog]),
-        Note::Flush(done) => {
+        Queued::Note(Note::Status(status), _) => {
+            sd_notify::notify(false, &[NotifyState::Status(&status)])
+        }
+        Queued::Note(Note::Watchdog, _) => sd_notify::notify(false, &[NotifyState::Watchdog]),
+        Queued::Flush(done) => {
             let _ = done.send(());
             Ok(())
         }
@@ -79,42 +95,19 @@ fn send_now(note: Note) {
     }
 }
 
-fn send(note: Note) {
+/// Queues `note` for systemd, in order.
+pub fn send(note: Note) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    let _ = sender().send(note);
-}
-
-/// `READY=1` with the status line: every worker of the serving generation
-/// has reported ready.
-pub fn ready(status: &str) {
-    send(Note::Ready(status.to_owned()));
-}
-
-/// `RELOADING=1` with `MONOTONIC_USEC=` (taken now, not when sent), as
-/// `Type=notify-reload` (systemd 253+) requires; older systemd ignores it.
-pub fn reloading() {
-    let usec = match NotifyState::monotonic_usec_now() {
-        Ok(NotifyState::MonotonicUsec(usec)) => Some(usec),
+    let usec = match note {
+        Note::Reloading => match NotifyState::monotonic_usec_now() {
+            Ok(NotifyState::MonotonicUsec(usec)) => Some(usec),
+            _ => None,
+        },
         _ => None,
     };
-    send(Note::Reloading(usec));
-}
-
-/// `STOPPING=1`.
-pub fn stopping(status: &str) {
-    send(Note::Stopping(status.to_owned()));
-}
-
-/// `STATUS=` alone: what `systemctl status` shows.
-pub fn status(status: &str) {
-    send(Note::Status(status.to_owned()));
-}
-
-/// `WATCHDOG=1`.
-pub fn watchdog() {
-    send(Note::Watchdog);
+    let _ = sender().send(Queued::Note(note, usec));
 }
 
 /// Waits (bounded) until every note queued so far is sent: call before
@@ -124,7 +117,7 @@ pub fn flush() {
         return;
     }
     let (tx, rx) = mpsc::channel();
-    if sender().send(Note::Flush(tx)).is_ok() {
+    if sender().send(Queued::Flush(tx)).is_ok() {
         let _ = rx.recv_timeout(FLUSH_TIMEOUT);
     }
 }

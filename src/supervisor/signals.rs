@@ -1,7 +1,10 @@
 //! The one place signals become intents, so the mapping is written once and
-//! a test (or systemd's `ExecReload=`) drives the same code path.
+//! a test (or systemd's `ExecReload=`) drives the same code path. The
+//! supervisor takes intents from a channel ([`forward`]), not from
+//! signals, so its unit tests inject them.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 
 /// What the operator asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +26,27 @@ pub enum Intent {
     Ignore(&'static str),
 }
 
-pub struct Signals {
+/// Installs the handlers and forwards each signal, as an intent, to the
+/// returned channel (call within a tokio runtime).
+///
+/// # Errors
+/// The runtime's signal driver cannot register a handler.
+pub fn forward() -> std::io::Result<mpsc::UnboundedReceiver<Intent>> {
+    let mut signals = Signals::install()?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let intent = signals.next().await;
+            if tx.send(intent).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The signals the supervisor handles.
+struct Signals {
     hup: Signal,
     term: Signal,
     int: Signal,
@@ -39,7 +62,7 @@ impl Signals {
     ///
     /// # Errors
     /// The runtime's signal driver cannot register a handler.
-    pub fn install() -> std::io::Result<Signals> {
+    fn install() -> std::io::Result<Signals> {
         Ok(Signals {
             hup: signal(SignalKind::hangup())?,
             term: signal(SignalKind::terminate())?,
@@ -53,7 +76,7 @@ impl Signals {
     }
 
     /// The next intent.
-    pub async fn next(&mut self) -> Intent {
+    async fn next(&mut self) -> Intent {
         tokio::select! {
             _ = self.hup.recv() => Intent::Reload,
             _ = self.term.recv() => Intent::GracefulStop,

@@ -14,7 +14,6 @@ mod server;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener as StdTcpListener;
 use std::os::fd::{FromRawFd, RawFd};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +27,9 @@ use drain::{Kind, Open, Stats};
 
 use crate::config::Config;
 use crate::control::{self, SupervisorStatus, WorkerMessage};
+use crate::exit::Exit;
 use crate::logging::{self, Role};
 use crate::sys::{self, CONTROL_FD, FIRST_LISTENER_FD};
-
-/// Exit code of a worker that could not start (bad descriptors, no config).
-pub const EXIT_WORKER_BOOT: u8 = 3;
 
 /// Who this worker is, as the supervisor named it.
 #[derive(Clone, Debug)]
@@ -135,7 +132,7 @@ pub struct WorkerArgs {
 pub type App = fn(WorkerContext) -> axum::Router;
 
 /// Runs a worker to completion.
-pub fn run(args: WorkerArgs, app: App) -> ExitCode {
+pub fn run(args: WorkerArgs, app: App) -> Exit {
     match boot(&args) {
         Ok((config, control, listeners)) => {
             logging::init(
@@ -167,7 +164,7 @@ pub fn run(args: WorkerArgs, app: App) -> ExitCode {
                         logging::Early::Error,
                         format_args!("worker: cannot start runtime: {e}"),
                     );
-                    ExitCode::from(EXIT_WORKER_BOOT)
+                    Exit::BootFailure
                 }
             }
         }
@@ -176,7 +173,7 @@ pub fn run(args: WorkerArgs, app: App) -> ExitCode {
                 logging::Early::Error,
                 format_args!("worker {}: {e}", args.slot),
             );
-            ExitCode::from(EXIT_WORKER_BOOT)
+            Exit::BootFailure
         }
     }
 }
@@ -241,12 +238,12 @@ async fn serve(
     control: std::os::unix::net::UnixStream,
     listeners: Vec<StdTcpListener>,
     app: App,
-) -> ExitCode {
+) -> Exit {
     let control = match UnixStream::from_std(control) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("control socket: {e}");
-            return ExitCode::from(EXIT_WORKER_BOOT);
+            return Exit::BootFailure;
         }
     };
     // The first line at debug level: a `log_level` change on reload shows
@@ -299,7 +296,7 @@ async fn serve(
                 .await
                 .is_err()
             {
-                std::process::exit(0);
+                std::process::exit(Exit::Success as i32);
             }
         }
     });
@@ -316,12 +313,12 @@ async fn serve(
                 Err(e) => tracing::warn!(error = %e, "bad status line from supervisor"),
             }
         }
-        std::process::exit(0);
+        std::process::exit(Exit::Success as i32);
     });
 
     if let Err(e) = watch_signals(ctx.clone()) {
         tracing::error!("cannot install signal handlers: {e}");
-        return ExitCode::from(EXIT_WORKER_BOOT);
+        return Exit::BootFailure;
     }
 
     let beat = heartbeat_interval(ctx.config.timeout);
@@ -350,7 +347,7 @@ async fn serve(
             }
             Err(e) => {
                 tracing::error!("cannot register listener: {e}");
-                return ExitCode::from(EXIT_WORKER_BOOT);
+                return Exit::BootFailure;
             }
         }
     }
@@ -374,7 +371,7 @@ async fn serve(
         requests = ctx.stats.snapshot().requests,
         "worker drained, exiting"
     );
-    ExitCode::SUCCESS
+    Exit::Success
 }
 
 fn watch_signals(ctx: WorkerContext) -> std::io::Result<()> {
@@ -387,8 +384,8 @@ fn watch_signals(ctx: WorkerContext) -> std::io::Result<()> {
             tokio::select! {
                 _ = term.recv() => ctx.drain.start(DrainReason::Stop),
                 _ = hup.recv() => ctx.drain.start(DrainReason::Restart),
-                _ = int.recv() => std::process::exit(0),
-                _ = quit.recv() => std::process::exit(0),
+                _ = int.recv() => std::process::exit(Exit::Success as i32),
+                _ = quit.recv() => std::process::exit(Exit::Success as i32),
             }
         }
     });

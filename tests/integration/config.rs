@@ -71,7 +71,10 @@ fn a_file_that_is_not_toml_is_named_with_the_line() {
     for sub in ["serve", "check-config"] {
         let (code, err) = run(&["--config", &path, sub], &[]);
         assert_eq!(code, EXIT_CONFIG, "{sub}: {err}");
-        assert!(err.contains(&path) && err.contains("line 2"), "{sub}: {err}");
+        assert!(
+            err.contains(&path) && err.contains("line 2"),
+            "{sub}: {err}"
+        );
     }
 }
 

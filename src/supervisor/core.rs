@@ -1,0 +1,456 @@
+//! The lifecycle's state machine: starting, draining and killing
+//! workers, their exits, rolling reloads, scaling and stops, driven by
+//! intents, worker events and a tick, acting only through [`Os`].
+
+use std::time::{Duration, Instant};
+
+use super::exit_status;
+use super::notify::Note;
+use super::relay::Event;
+use super::reload::{Reload, Step};
+use super::status::Board;
+use super::system::Os;
+use super::workers::{Generation, State, Worker, Workers};
+use crate::config::{Config, Loader};
+use crate::control::WorkerMessage;
+use crate::exit::Exit;
+use backoff::Backoff;
+
+/// Time SIGINT/SIGQUIT give workers before SIGKILL.
+const FAST_STOP_GRACE: Duration = Duration::from_secs(1);
+/// After a reload, how long `READY=1` waits for the old generation to say
+/// it stopped accepting (a wedged one is the heartbeat's business).
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The supervisor's own life.
+enum Phase {
+    /// First start: `READY=1` not yet sent; past `deadline`, give up.
+    Booting {
+        deadline: Instant,
+    },
+    Running,
+    Stopping {
+        /// Past it, SIGKILL.
+        deadline: Instant,
+        /// What the workers were given before SIGKILL, for the log.
+        grace: Duration,
+        killed: bool,
+    },
+}
+
+pub(super) struct Supervisor<O: Os> {
+    /// Reads the config again on reload.
+    loader: Loader,
+    /// Where every effect goes: the machine, or a test's recorder.
+    os: O,
+    /// The generation whose workers fill the slots (before the first
+    /// `READY=1`, the one starting).
+    serving: Generation,
+    /// A reload under way, and whether another waits behind it.
+    reload: Reload,
+    /// First start, running, or stopping: what a worker's exit or a
+    /// deadline means depends on it.
+    phase: Phase,
+    /// Every live worker, of any generation.
+    workers: Workers,
+    /// Restart pacing of the serving generation's crash-looping slots.
+    backoff: Backoff,
+    /// `STATUS=` and `/health` figures.
+    board: Board,
+    /// `WATCHDOG=1` pacing, when systemd asked for it.
+    watchdog: Option<checks::Watchdog>,
+    /// When `memory_high` is next compared (every
+    /// [`checks::MEMORY_INTERVAL`], not every tick: it reads /proc).
+    next_memory_check: Instant,
+    /// Set once the supervisor is done; [`run`] returns it.
+    exit: Option<Exit>,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+impl<O: Os> Supervisor<O> {
+    /// A supervisor about to start generation 1 of `config`.
+    pub(super) fn new(
+        loader: Loader,
+        config: Config,
+        mut os: O,
+        now: Instant,
+    ) -> std::io::Result<Self> {
+        let serving = Generation::new(1, config, os.build_id()?);
+        Ok(Supervisor {
+            loader,
+            os,
+            phase: Phase::Booting {
+                deadline: now + secs(serving.config.boot_timeout),
+            },
+            serving,
+            reload: Reload::default(),
+            workers: Workers::default(),
+            backoff: Backoff::default(),
+            board: Board::new(now),
+            watchdog: checks::Watchdog::from_env(now),
+            next_memory_check: now,
+            exit: None,
+        })
+    }
+
+    /// Says what is starting, and starts it.
+    pub(super) fn start(&mut self, listeners: &[String], now: Instant) {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            build = %self.serving.build,
+            workers = self.serving.target,
+            ?listeners,
+            pid = std::process::id(),
+            "ferricorn starting"
+        );
+        self.reconcile(now);
+    }
+
+    /// How the supervisor ends, once it is done.
+    pub(super) fn take_exit(&mut self) -> Option<Exit> {
+        self.exit.take()
+    }
+
+    fn stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// Starts what is missing and drains what is surplus.
+    fn reconcile(&mut self, now: Instant) {
+        if self.stopping() || self.exit.is_some() {
+            return;
+        }
+        for slot in 1..=self.serving.target {
+            if !self.workers.slot_filled(self.serving.number, slot)
+                && !self.backoff.waiting(slot, now)
+            {
+                self.start_worker(false, slot, now);
+            }
+        }
+        if let Some(new) = self.reload.starting() {
+            let (number, target) = (new.number, new.target);
+            for slot in 1..=target {
+                if !self.workers.slot_filled(number, slot) && self.reload.starting().is_some() {
+                    self.start_worker(true, slot, now);
+                }
+            }
+        }
+        // Scale-down: the highest slots go first.
+        let (number, target) = (self.serving.number, self.serving.target);
+        let surplus = self
+            .workers
+            .pids(|w| w.generation == number && w.slot > target && w.state != State::Draining);
+        for pid in surplus {
+            self.drain(pid, "scaled down", now);
+        }
+        let new_target = self.reload.starting().map_or(0, |g| g.target);
+        self.os.release_sockets_above(target.max(new_target));
+    }
+
+    /// Starts a worker in `slot` of the serving generation, or of the one a
+    /// reload is starting (`new`).
+    fn start_worker(&mut self, new: bool, slot: usize, now: Instant) {
+        let generation = match (self.reload.starting(), new) {
+            (Some(g), true) => g,
+            _ => &self.serving,
+        };
+        let number = generation.number;
+        match self.os.spawn(slot, generation) {
+            Ok(started) => {
+                let pid = started.pid;
+                tracing::info!(slot, generation = number, pid, "worker spawned");
+                let worker = Worker::new(slot, number, started.cgroup, now);
+                self.workers.insert(pid, worker);
+            }
+            // A reload gives up; a serving slot backs off as if its worker
+            // had died at once.
+            Err(e) if new => self.abort_reload(e.to_string(), now),
+            Err(_) => self.quick_death(slot, false, now),
+        }
+    }
+
+    /// SIGHUP to one worker: finish in flight, close WebSockets with 1012.
+    fn drain(&mut self, pid: u32, why: &str, now: Instant) {
+        let grace = secs(self.serving.config.graceful_timeout);
+        let Some(w) = self.workers.get_mut(pid) else {
+            return;
+        };
+        if w.state == State::Draining {
+            return;
+        }
+        let (slot, generation) = (w.slot, w.generation);
+        tracing::info!(slot, generation, pid, reason = why, "draining worker");
+        w.state = State::Draining;
+        w.drain_deadline = Some(now + grace);
+        self.os.signal(pid, libc::SIGHUP);
+    }
+
+    fn kill(&mut self, pid: u32, why: String) {
+        let Some(w) = self.workers.get_mut(pid) else {
+            return;
+        };
+        if w.killed_for.is_some() {
+            return;
+        }
+        tracing::error!(slot = w.slot, generation = w.generation, pid, reason = %why, "killing worker");
+        w.killed_for = Some(why);
+        self.os.signal(pid, libc::SIGKILL);
+    }
+
+    pub(super) fn stop(&mut self, fast: bool, now: Instant) {
+        if self.stopping() && !fast {
+            return;
+        }
+        let (grace, signal, status) = if fast {
+            (FAST_STOP_GRACE, libc::SIGQUIT, "stopping now")
+        } else {
+            let grace = secs(self.serving.config.graceful_timeout);
+            (grace, libc::SIGTERM, "stopping: draining workers")
+        };
+        self.os.notify(Note::Stopping(status.into()));
+        tracing::info!(workers = self.workers.len(), fast, "stopping");
+        // A stop ends any reload, wherever it was: nothing may send READY=1
+        // after STOPPING=1.
+        self.reload = Reload::default();
+        let deadline = now + grace;
+        self.phase = Phase::Stopping {
+            deadline,
+            grace,
+            killed: false,
+        };
+        for (pid, w) in self.workers.iter_mut() {
+            w.state = State::Draining;
+            w.drain_deadline = Some(deadline);
+            self.os.signal(pid, signal);
+        }
+        self.check_stopped();
+    }
+
+    fn check_stopped(&mut self) {
+        if self.stopping() && self.workers.is_empty() {
+            tracing::info!("all workers exited; supervisor exiting");
+            self.exit = Some(Exit::Success);
+        }
+    }
+
+    pub(super) fn begin_reload(&mut self, now: Instant) {
+        self.os.notify(Note::Reloading);
+        tracing::info!(config = %self.loader.path().display(), "reloading");
+        let config = match self.loader.load() {
+            Ok(c) => c,
+            Err(e) => return self.reload_failed(e.to_string(), now),
+        };
+        if config.bind != self.serving.config.bind {
+            tracing::warn!(old = %self.serving.config.bind, new = %config.bind, "`bind` changes take effect on restart, not reload");
+        }
+        let build = match self.os.build_id() {
+            Ok(b) => b,
+            Err(e) => return self.reload_failed(e.to_string(), now),
+        };
+        let generation = Generation::new(self.serving.number + 1, config, build);
+        tracing::info!(generation = generation.number, build = %generation.build, workers = generation.target, "starting new generation");
+        self.reload.step = Step::Starting {
+            deadline: now + secs(generation.config.boot_timeout),
+            generation,
+        };
+        self.reconcile(now);
+        self.publish(true, now);
+    }
+
+    fn reload_failed(&mut self, why: String, now: Instant) {
+        tracing::error!(reason = %why, "reload failed; previous generation keeps serving");
+        self.board.last_reload = Some(format!("FAILED: {why}"));
+        self.reload.step = Step::Idle;
+        self.announce_ready(now);
+    }
+
+    fn abort_reload(&mut self, why: String, now: Instant) {
+        let Some(number) = self.reload.starting().map(|g| g.number) else {
+            return;
+        };
+        for pid in self.workers.pids(|w| w.generation == number) {
+            self.kill(pid, "its generation failed to start".into());
+        }
+        self.reload_failed(why, now);
+        self.after_transition(now);
+    }
+
+    /// The new generation is fully ready: it serves, the old one drains.
+    fn promote(&mut self, now: Instant) {
+        let Step::Starting { generation, .. } = std::mem::take(&mut self.reload.step) else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.serving, generation).number;
+        let number = self.serving.number;
+        let stale = self.workers.pids(|w| w.generation != number);
+        for &pid in &stale {
+            self.drain(pid, "replaced by reload", now);
+        }
+        self.backoff.clear();
+        self.board.last_reload = Some(format!("ok (gen {number})"));
+        tracing::info!(
+            from = old,
+            to = number,
+            "new generation serving; old one draining"
+        );
+        self.reload.step = Step::Quiescing {
+            waiting: stale,
+            deadline: now + QUIESCE_TIMEOUT,
+        };
+        self.check_quiesced(now);
+    }
+
+    /// Sends the post-reload `READY=1` once the old generation has stopped
+    /// accepting (or [`QUIESCE_TIMEOUT`] passed).
+    fn check_quiesced(&mut self, now: Instant) {
+        let Step::Quiescing { waiting, deadline } = &mut self.reload.step else {
+            return;
+        };
+        let workers = &self.workers;
+        waiting.retain(|&pid| workers.get(pid).is_some_and(|w| w.killed_for.is_none()));
+        if waiting.is_empty() || now > *deadline {
+            self.reload.step = Step::Idle;
+            tracing::info!(generation = self.serving.number, "reload complete");
+            self.announce_ready(now);
+            self.after_transition(now);
+        }
+    }
+
+    /// Runs a reload that arrived while another transition was under way.
+    fn after_transition(&mut self, now: Instant) {
+        if self.reload.queued && !self.reload.busy() && !self.stopping() {
+            self.reload.queued = false;
+            self.begin_reload(now);
+        }
+    }
+
+    pub(super) fn on_event(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Message(pid, message) => self.on_message(pid, message, now),
+            Event::BadMessage(pid, error) => {
+                tracing::warn!(pid, %error, "bad control message from worker");
+            }
+            Event::Exited(pid, status) => self.on_exit(pid, status, now),
+        }
+        self.reconcile(now);
+    }
+
+    fn on_message(&mut self, pid: u32, message: WorkerMessage, now: Instant) {
+        let Some(w) = self.workers.get_mut(pid) else {
+            return;
+        };
+        w.last_seen = now;
+        match message {
+            WorkerMessage::Heartbeat(counters) => {
+                let requests = counters.requests.saturating_sub(w.counters.requests);
+                w.counters = counters;
+                self.board.count_requests(requests);
+            }
+            WorkerMessage::Ready if w.state == State::Booting => {
+                w.state = State::Ready;
+                let (slot, number) = (w.slot, w.generation);
+                let boot_ms = now.duration_since(w.started).as_millis() as u64;
+                tracing::info!(slot, generation = number, pid, boot_ms, "worker ready");
+                self.on_ready(slot, number, now);
+            }
+            WorkerMessage::Ready => {}
+            WorkerMessage::Retire(reason) => self.retire(pid, &reason),
+            WorkerMessage::Draining => {
+                if let Step::Quiescing { waiting, .. } = &mut self.reload.step {
+                    waiting.retain(|&p| p != pid);
+                }
+                self.check_quiesced(now);
+            }
+        }
+    }
+
+    /// Replaces a worker gracefully: its successor starts now (reconcile
+    /// sees the slot unfilled) and it drains once the successor is ready.
+    fn retire(&mut self, pid: u32, reason: &str) {
+        let (stopping, serving) = (self.stopping(), self.serving.number);
+        let Some(w) = self.workers.get_mut(pid) else {
+            return;
+        };
+        if w.state == State::Ready && w.generation == serving && !stopping {
+            tracing::info!(slot = w.slot, pid, %reason, "worker to be replaced; starting its successor first");
+            w.state = State::Retiring;
+        }
+    }
+
+    fn on_ready(&mut self, slot: usize, number: u64, now: Instant) {
+        if number == self.serving.number {
+            self.backoff.forget(slot);
+            // A successor is up: its retiring predecessor can drain now.
+            let retiring = self
+                .workers
+                .pids(|w| w.generation == number && w.slot == slot && w.state == State::Retiring);
+            for pid in retiring {
+                self.drain(pid, "successor ready", now);
+            }
+            let booting = matches!(self.phase, Phase::Booting { .. });
+            if booting && self.workers.slots_ready(number, self.serving.target) {
+                self.phase = Phase::Running;
+                tracing::info!(workers = self.serving.target, "all workers ready");
+                self.announce_ready(now);
+                self.after_transition(now);
+            }
+        } else if let Some(new) = self.reload.starting() {
+            if number == new.number && self.workers.slots_ready(number, new.target) {
+                self.promote(now);
+            }
+        }
+    }
+
+    fn on_exit(
+        &mut self,
+        pid: u32,
+        status: std::io::Result<std::process::ExitStatus>,
+        now: Instant,
+    ) {
+        let Some(w) = self.workers.remove(pid) else {
+            return;
+        };
+        let mut how = exit_status::describe(&status);
+        let uptime = now.duration_since(w.started);
+        if let Some(path) = &w.cgroup {
+            if self.os.reap_cgroup(path) {
+                how.push_str(", killed by the kernel OOM killer at memory_max");
+            }
+        }
+        let (slot, generation) = (w.slot, w.generation);
+        exit_status::log(pid, &w, &how, uptime);
+        self.check_quiesced(now);
+        let expected = w.state == State::Draining && w.killed_for.is_none();
+        if expected || self.stopping() {
+            return self.check_stopped();
+        }
+        self.board.restarts += 1;
+        if self
+            .reload
+            .starting()
+            .is_some_and(|g| g.number == generation)
+        {
+            let why = format!("new worker {slot} exited before the generation was ready: {how}");
+            return self.abort_reload(why, now);
+        }
+        if generation == self.serving.number {
+            let was_ready = w.state != State::Booting;
+            // Killed for silence is a wedge, not a crash loop: replace at once.
+            if w.killed_for.is_none() && (!was_ready || uptime < backoff::CRASH_WINDOW) {
+                self.quick_death(slot, was_ready, now);
+            } else {
+                self.backoff.forget(slot);
+            }
+        }
+        self.publish(true, now);
+    }
+}
+
+mod backoff;
+mod checks;
+mod intents;
+#[cfg(test)]
+mod tests;

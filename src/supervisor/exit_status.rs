@@ -1,0 +1,85 @@
+//! A worker's exit as an operator reads it in the journal:
+//! "exit code 3", "signal 9 (SIGKILL)", "signal 11 (SIGSEGV), core dumped".
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use super::workers::{State, Worker};
+
+/// The status in words.
+pub(super) fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Err(e) => format!("unknown status ({e})"),
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(sig)) => {
+                let core = if s.core_dumped() { ", core dumped" } else { "" };
+                format!("signal {sig} ({}){core}", signal_name(sig))
+            }
+            _ => "unknown status".to_owned(),
+        },
+    }
+}
+
+/// The journal line for worker `pid`'s exit: killed (and why), drained
+/// as asked, or died unasked (an error).
+pub(super) fn log(pid: u32, w: &Worker, how: &str, uptime: Duration) {
+    let (slot, generation) = (w.slot, w.generation);
+    if let Some(why) = &w.killed_for {
+        tracing::warn!(slot, generation, pid, status = %how, reason = %why, "worker killed");
+    } else if w.state == State::Draining {
+        tracing::info!(slot, generation, pid, status = %how, "worker exited after drain");
+    } else {
+        let uptime_ms = uptime.as_millis() as u64;
+        tracing::error!(slot, generation, pid, status = %how, uptime_ms, "worker died");
+    }
+}
+
+/// The signals a worker dies of in practice, by name.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGBUS => "SIGBUS",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_read_as_an_operator_would() {
+        let exited = |code: i32| Ok(ExitStatus::from_raw(code << 8));
+        let killed = |signal: i32| Ok(ExitStatus::from_raw(signal));
+        assert_eq!(describe(&exited(0)), "exit code 0");
+        assert_eq!(describe(&exited(3)), "exit code 3");
+        assert_eq!(describe(&killed(libc::SIGKILL)), "signal 9 (SIGKILL)");
+        assert_eq!(describe(&killed(libc::SIGABRT)), "signal 6 (SIGABRT)");
+        assert_eq!(
+            describe(&Ok(ExitStatus::from_raw(libc::SIGSEGV | 0x80))),
+            "signal 11 (SIGSEGV), core dumped"
+        );
+        assert_eq!(describe(&killed(libc::SIGUSR1)), "signal 10 (other)");
+        for (signal, name) in [
+            (libc::SIGKILL, "SIGKILL"),
+            (libc::SIGTERM, "SIGTERM"),
+            (libc::SIGSEGV, "SIGSEGV"),
+            (libc::SIGABRT, "SIGABRT"),
+            (libc::SIGINT, "SIGINT"),
+            (libc::SIGQUIT, "SIGQUIT"),
+            (libc::SIGHUP, "SIGHUP"),
+            (libc::SIGBUS, "SIGBUS"),
+        ] {
+            assert_eq!(signal_name(signal), name);
+        }
+        assert!(describe(&Err(std::io::Error::other("gone"))).contains("gone"));
+    }
+}

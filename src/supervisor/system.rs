@@ -1,0 +1,165 @@
+//! What the supervisor's core asks of the machine — hash the executable,
+//! start a worker, signal it, tell systemd, read memory — as one trait
+//! ([`Os`]), so the lifecycle runs in unit tests against a recorder.
+//! [`System`] is the real machine: processes, sockets, cgroups, sd_notify.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::{mpsc, watch};
+
+use super::notify::{self, Note};
+use super::relay::{relay, Event};
+use super::workers::Generation;
+use super::{cgroup, spawn};
+use crate::control::SupervisorStatus;
+use crate::listen::{ListenError, Sockets};
+
+/// The machine, as the core sees it.
+pub(crate) trait Os {
+    /// The build id of the executable workers start from, as it is on
+    /// disk now (a package upgrade replaces it).
+    fn build_id(&mut self) -> io::Result<String>;
+    /// Starts a worker of `generation` in `slot`.
+    fn spawn(&mut self, slot: usize, generation: &Generation) -> Result<Started, SpawnError>;
+    /// Sends `signal` to a worker.
+    fn signal(&mut self, pid: u32, signal: libc::c_int);
+    /// Tells systemd.
+    fn notify(&mut self, note: Note);
+    /// Passes the figures to every worker, for its `/health`.
+    fn broadcast(&mut self, status: &SupervisorStatus);
+    /// Closes the per-slot sockets of slots above `keep`.
+    fn release_sockets_above(&mut self, keep: usize);
+    /// Bytes a worker uses.
+    fn memory_usage(&self, pid: u32, cgroup: Option<&Path>) -> Option<u64>;
+    /// Removes an exited worker's cgroup; whether the kernel's OOM killer
+    /// acted in it.
+    fn reap_cgroup(&mut self, cgroup: &Path) -> bool;
+}
+
+/// A worker process that started.
+pub(crate) struct Started {
+    pub pid: u32,
+    /// Its own cgroup, if it got one.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    #[error("cannot open a socket: {0}")]
+    Socket(#[from] ListenError),
+    #[error("cannot spawn worker: {0}")]
+    Spawn(#[from] io::Error),
+}
+
+/// The real machine.
+pub(crate) struct System {
+    /// The path workers are started from (see `cli::worker_executable`).
+    exe: PathBuf,
+    /// Held for the supervisor's life, so a queue outlives any worker.
+    sockets: Sockets,
+    /// The delegated cgroup subtree, if systemd gave one.
+    cgroups: Option<cgroup::Subtree>,
+    /// Where each worker's relay task sends its events.
+    events: mpsc::UnboundedSender<Event>,
+    /// The latest figures (JSON), which every relay passes on.
+    status: watch::Sender<String>,
+}
+
+impl System {
+    pub fn new(
+        exe: PathBuf,
+        sockets: Sockets,
+        cgroups: Option<cgroup::Subtree>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> System {
+        System {
+            exe,
+            sockets,
+            cgroups,
+            events,
+            status: watch::Sender::new(String::new()),
+        }
+    }
+}
+
+impl Os for System {
+    fn build_id(&mut self) -> io::Result<String> {
+        let hashing = std::time::Instant::now();
+        let build = spawn::build_id(&self.exe).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot read {}: {e}", self.exe.display()))
+        })?;
+        let ms = hashing.elapsed().as_millis() as u64;
+        tracing::debug!(ms, "hashed executable");
+        Ok(build)
+    }
+
+    fn spawn(&mut self, slot: usize, generation: &Generation) -> Result<Started, SpawnError> {
+        let fds = self.sockets.for_slot(slot)?;
+        let cgroup = match &self.cgroups {
+            Some(subtree) => match subtree.worker(slot, generation.config.memory_max.0) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(slot, error = %e, "cannot create worker cgroup; starting it in the supervisor's");
+                    None
+                }
+            },
+            None => None,
+        };
+        let request = spawn::SpawnRequest {
+            exe: &self.exe,
+            slot,
+            generation: generation.number,
+            build: &generation.build,
+            listeners: &fds,
+            config_line: &generation.config_line,
+            cgroup_procs: cgroup.as_ref().map(|cg| cg.procs.as_raw_fd()),
+        };
+        let spawned = spawn::spawn(&request);
+        let cgroup = cgroup.map(|cg| cg.path);
+        match spawned {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                tokio::spawn(relay(spawned, self.events.clone(), self.status.subscribe()));
+                Ok(Started { pid, cgroup })
+            }
+            Err(e) => {
+                if let Some(path) = &cgroup {
+                    cgroup::remove(path);
+                }
+                tracing::error!(slot, error = %e, exe = %self.exe.display(), "cannot spawn worker");
+                Err(e.into())
+            }
+        }
+    }
+
+    fn signal(&mut self, pid: u32, signal: libc::c_int) {
+        crate::sys::signal(pid, signal);
+    }
+
+    fn notify(&mut self, note: Note) {
+        notify::send(note);
+    }
+
+    fn broadcast(&mut self, status: &SupervisorStatus) {
+        if let Ok(json) = serde_json::to_string(status) {
+            self.status.send_replace(json);
+        }
+    }
+
+    fn release_sockets_above(&mut self, keep: usize) {
+        self.sockets.release_above(keep);
+    }
+
+    fn memory_usage(&self, pid: u32, cgroup: Option<&Path>) -> Option<u64> {
+        cgroup::memory_usage(cgroup, pid)
+    }
+
+    fn reap_cgroup(&mut self, cgroup: &Path) -> bool {
+        let oom = cgroup::oom_kills(cgroup) > 0;
+        cgroup::remove(cgroup);
+        oom
+    }
+}
