@@ -7,8 +7,10 @@ writes them to target/bench/results.md.
 Run through scripts/bench (it installs wrk, nginx and the Python venv).
 Every load run is bounded in time; only 127.0.0.1 is targeted.
 """
+import dataclasses
 import itertools
 import json
+import re
 import os
 import resource
 import shutil
@@ -32,6 +34,9 @@ CORES = os.cpu_count() or 2
 TICK = os.sysconf("SC_CLK_TCK")
 SERVER_CORE, CLIENT_CORE = "0", "1"
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# Gunicorn's documented starting point for its worker count:
+# (2 x $num_cores) + 1.
+GUNICORN_FORMULA_WORKERS = 2 * CORES + 1
 
 
 def free_port():
@@ -106,14 +111,29 @@ def wait_http(port, limit=30):
     raise RuntimeError(f"server on {port} never answered")
 
 
+@dataclasses.dataclass
 class Server:
-    """One server under test, started (optionally pinned) and stopped."""
+    """One server under test, as data: which program (`kind`), how many
+    workers, and the variant that sets it apart. `key` names it in the
+    results; `name` is what the tables print."""
+    kind: str
+    workers: int = 1
+    variant: str = ""
+    access_log: bool = False
+    extra: dict = dataclasses.field(default_factory=dict)
+    key: str = ""
 
-    def __init__(self, name, kind, workers=1, access_log=False, extra=None):
-        self.name, self.kind, self.workers = name, kind, workers
-        self.access_log, self.extra = access_log, extra or {}
+    def __post_init__(self):
+        self.key = self.key or self.name
         self.proc = None
         self.tmp = None
+
+    @property
+    def name(self):
+        label = {"bare": "bare axum"}.get(self.kind, self.kind)
+        if self.kind in ("ferricorn", "gunicorn"):
+            label += f" -w {self.workers}"
+        return f"{label}, {self.variant}" if self.variant else label
 
     def start(self, pinned):
         self.port = free_port()
@@ -157,13 +177,9 @@ class Server:
                        "warning", "--no-access-log", "bench_fastapi:app"]
             elif self.kind == "nginx":
                 conf = os.path.join(self.tmp, "nginx.conf")
-                body = json.dumps({
-                    "status": "healthy", "version": "0.1.0", "build": "nginx", "pid": 0, "worker": 1,
-                    "generation": 1, "counters": {"requests": 0, "connections": 0, "websockets": 0},
-                    "supervisor": {"generation": 1, "workers_ready": 1, "workers_target": 1,
-                                   "requests_per_second": 0.0, "connections": 0, "websockets": 0,
-                                   "restarts": 0, "crash_loop": 0, "reloading_to": None,
-                                   "last_reload": None}}, separators=(",", ":"))
+                # The very bytes a ferricorn worker answers, so nginx's
+                # responses are the same size.
+                body = ferricorn_health_body()
                 Path(conf).write_text(f"""
 daemon off;
 worker_processes {self.workers};
@@ -221,6 +237,16 @@ def wrk(port, conns, pinned, close=False, duration=DURATION):
     if close:
         cmd[-1:-1] = ["-H", "Connection: close"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    return parse_wrk(out)
+
+
+WRK_SOCKET_ERRORS = re.compile(r"^\s*Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)\s*$")
+WRK_NON_2XX = re.compile(r"^\s*Non-2xx or 3xx responses: (\d+)\s*$")
+
+
+def parse_wrk(out):
+    """wrk's report as numbers. A line about errors that does not parse is
+    an error here, never a silent 0."""
     res = {"requests": 0, "rps": 0.0, "p50": 0.0, "p99": 0.0, "errors": 0}
     for line in out.splitlines():
         parts = line.split()
@@ -232,12 +258,34 @@ def wrk(port, conns, pinned, close=False, duration=DURATION):
             res["p50"] = to_ms(parts[1])
         elif line.strip().startswith("99%"):
             res["p99"] = to_ms(parts[1])
-        elif "Socket errors" in line:
-            nums = [int(x.strip(",")) for x in parts if x.strip(",").isdigit()]
-            res["errors"] += sum(nums)
-        elif "Non-2xx" in line:
-            res["errors"] += int(parts[-1])
+        elif "Socket errors" in line or "Non-2xx" in line:
+            m = WRK_SOCKET_ERRORS.match(line) or WRK_NON_2XX.match(line)
+            if not m:
+                raise ValueError(f"unreadable wrk line: {line!r}")
+            res["errors"] += sum(int(n) for n in m.groups())
     return res
+
+
+_HEALTH_BODY = None
+
+
+def ferricorn_health_body():
+    """A real ferricorn worker's `/health` body (fetched once)."""
+    global _HEALTH_BODY
+    if _HEALTH_BODY is None:
+        srv = Server("ferricorn", workers=1).start(False)
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+        finally:
+            srv.stop()
+        _HEALTH_BODY = data.split(b"\r\n\r\n", 1)[1].decode()
+        json.loads(_HEALTH_BODY)  # a body, not an error page
+        assert "'" not in _HEALTH_BODY, "nginx's return '…' cannot quote it"
+    return _HEALTH_BODY
 
 
 def to_ms(text):
@@ -271,7 +319,7 @@ def http_suite(servers, results):
                         runs.append(r)
                 finally:
                     srv.stop()
-                results[("http", srv.name, pinned, conns)] = runs
+                results[("http", srv.key, pinned, conns)] = runs
                 print(f"  http {srv.name:28} {'pinned' if pinned else 'free  '} c={conns:<3} "
                       f"{median([r['rps'] for r in runs]):>9.0f} req/s  p99 {median([r['p99'] for r in runs]):.2f} ms  "
                       f"cpu {median([r['cpu_us'] for r in runs]):.1f} us/req  errors {sum(r['errors'] for r in runs)}",
@@ -285,7 +333,7 @@ def conn_suite(servers, results):
             runs = [wrk(srv.port, 50, True, close=True) for _ in range(REPEAT)]
         finally:
             srv.stop()
-        results[("conn", srv.name)] = runs
+        results[("conn", srv.key)] = runs
         print(f"  new-connection {srv.name:28} {median([r['rps'] for r in runs]):>9.0f} conn/s", file=sys.stderr)
 
 
@@ -303,7 +351,7 @@ def ws_suite(servers, results):
                     runs.append(json.loads(out))
             finally:
                 srv.stop()
-            results[("ws", srv.name, conns)] = runs
+            results[("ws", srv.key, conns)] = runs
             print(f"  ws {srv.name:28} {conns} conns: {median([r['msgs_per_s'] for r in runs]):.0f} msgs/s "
                   f"p99 {median([r['p99_ms'] for r in runs]):.2f} ms errors {sum(r['errors'] for r in runs)}",
                   file=sys.stderr)
@@ -327,7 +375,7 @@ def idle_ws_suite(servers, results, count=10000):
         finally:
             srv.stop()
         per = (after - before) / max(opened, 1)
-        results[("idle", srv.name)] = {"opened": opened, "kib_per_conn": per}
+        results[("idle", srv.key)] = {"opened": opened, "kib_per_conn": per}
         print(f"  idle ws {srv.name:28} {opened} open: {per:.1f} KiB each", file=sys.stderr)
 
 
@@ -343,7 +391,7 @@ def memory_suite(servers, results):
             loaded = {"master": rss_kib(top), "workers": [rss_kib(p) for p in kids]}
         finally:
             srv.stop()
-        results[("mem", srv.name)] = {"idle": idle, "loaded": loaded}
+        results[("mem", srv.key)] = {"idle": idle, "loaded": loaded}
         print(f"  memory {srv.name:28} idle {idle} after load {loaded}", file=sys.stderr)
 
 
@@ -379,7 +427,7 @@ def fairness_suite(results):
     costs."""
     for mode, close in itertools.product(("shared socket", "reuse_port"), (False, True)):
         extra = {"reuse_port": "true"} if mode == "reuse_port" else None
-        srv = Server(f"ferricorn -w {CORES}", "ferricorn", workers=CORES, extra=extra).start(False)
+        srv = Server("ferricorn", workers=CORES, extra=extra or {}).start(False)
         try:
             workers = [p for p in srv.pids() if p != srv.proc.pid]
             before_req = worker_requests(srv.port, workers)
@@ -403,7 +451,7 @@ def fairness_suite(results):
 def startup_suite(results):
     times = []
     for _ in range(5):
-        srv = Server("ferricorn", "ferricorn", workers=2).start(False)
+        srv = Server("ferricorn", workers=2).start(False)
         times.append(srv.startup_ms)
         srv.stop()
     results["startup"] = times
@@ -411,81 +459,78 @@ def startup_suite(results):
 
 
 def reload_suite(results):
-    for srv, sig in ((Server("ferricorn -w 2", "ferricorn", workers=2), signal.SIGHUP),
-                     (Server("gunicorn -w 2", "gunicorn", workers=2), signal.SIGHUP)):
+    # SIGHUP is the rolling reload of both.
+    for srv in RELOAD_SERVERS:
         srv.start(False)
         try:
             load = subprocess.Popen(["wrk", "-t2", "-c50", "-d12s", f"http://127.0.0.1:{srv.port}/health"],
                                     stdout=subprocess.PIPE, text=True)
             for _ in range(3):
                 time.sleep(2.5)
-                os.kill(srv.proc.pid, sig)
+                os.kill(srv.proc.pid, signal.SIGHUP)
             out = load.communicate(timeout=60)[0]
         finally:
             srv.stop()
-        errors, requests = 0, 0
-        for line in out.splitlines():
-            if "requests in" in line:
-                requests = int(line.split()[0])
-            if "Socket errors" in line:
-                errors += sum(int(x.strip(",")) for x in line.split() if x.strip(",").isdigit())
-            if "Non-2xx" in line:
-                errors += int(line.split()[-1])
-        results[("reload", srv.name)] = {"requests": requests, "errors": errors}
+        res = parse_wrk(out)
+        requests, errors = res["requests"], res["errors"]
+        results[("reload", srv.key)] = {"requests": requests, "errors": errors}
         print(f"  3 reloads under load {srv.name}: {requests} requests, {errors} failed", file=sys.stderr)
 
 
 def report(results, servers):
     lines = []
     add = lines.append
-    gun5 = f"gunicorn -w {2 * CORES + 1}"
+    names = {s.key: s.name for s in servers}
+    names.update({s.key: s.name for s in WS_SERVERS + IDLE_SERVERS + RELOAD_SERVERS})
+    gun = GUNICORN_FORMULA.key
     add(f"Machine: {CORES} cores, {platform()}; wrk {tool_version(['wrk', '-v'])}; "
         f"nginx {tool_version(['nginx', '-v'])}; {py_versions()}; {DURATION} s per run, "
-        f"{REPEAT} runs each, min / median / max.\n")
+        f"{REPEAT} runs each, min / median / max. Gunicorn's formula, 2 × cores + 1, "
+        f"gives {GUNICORN_FORMULA_WORKERS} workers here.\n")
     for pinned in (True, False):
         for conns in (50, 200):
             add(f"### HTTP keep-alive `GET /health`, c={conns}, "
                 f"{'server on core 0, wrk -t1 on core 1' if pinned else 'unpinned, wrk -t2'}\n")
-            add("| server | req/s | p50 ms | p99 ms | server CPU µs/req | errors | req/s vs Gunicorn -w5 | vs bare axum | vs nginx |")
+            add(f"| server | req/s | p50 ms | p99 ms | server CPU µs/req | errors | req/s vs {GUNICORN_FORMULA.name} | vs bare axum | vs nginx |")
             add("|---|---|---|---|---|---|---|---|---|")
-            base = lambda n: median([r["rps"] for r in results.get(("http", n, pinned, conns), [])]) or 1
+            base = lambda k: median([r["rps"] for r in results.get(("http", k, pinned, conns), [])]) or 1
             for srv in servers:
-                runs = results[("http", srv.name, pinned, conns)]
+                runs = results[("http", srv.key, pinned, conns)]
                 rps = [r["rps"] for r in runs]
                 add(f"| {srv.name} | {spread(rps)} | {median([r['p50'] for r in runs]):.2f} | "
                     f"{spread([r['p99'] for r in runs], '{:.2f}')} | "
                     f"{spread([r['cpu_us'] for r in runs], '{:.1f}')} | {sum(r['errors'] for r in runs)} | "
-                    f"{median(rps) / base(gun5):.1f}× | {median(rps) / base('bare axum'):.2f}× | "
-                    f"{median(rps) / base('nginx'):.2f}× |")
+                    f"{median(rps) / base(gun):.1f}× | {median(rps) / base(BARE_AXUM.key):.2f}× | "
+                    f"{median(rps) / base(NGINX.key):.2f}× |")
             add("")
     add("### New connection per request (`Connection: close`), c=50, pinned\n")
     add("| server | connections/s | errors |")
     add("|---|---|---|")
     for srv in servers:
-        runs = results[("conn", srv.name)]
+        runs = results[("conn", srv.key)]
         add(f"| {srv.name} | {spread([r['rps'] for r in runs])} | {sum(r['errors'] for r in runs)} |")
     add("")
     for conns in (100, 1000):
         add(f"### WebSocket echo, {conns} connections × {100000 // conns} messages of 32 bytes, pinned\n")
-        add("| server | msgs/s | p99 RTT ms | errors | msgs/s vs Gunicorn -w2 |")
+        add(f"| server | msgs/s | p99 RTT ms | errors | msgs/s vs {GUNICORN_2.name} |")
         add("|---|---|---|---|---|")
         keys = [k for k in results if k[0] == "ws" and k[2] == conns]
-        gun = median([r["msgs_per_s"] for r in results.get(("ws", "gunicorn -w 2", conns), [])]) or 1
+        gun2 = median([r["msgs_per_s"] for r in results.get(("ws", GUNICORN_2.key, conns), [])]) or 1
         for k in keys:
             runs = results[k]
-            add(f"| {k[1]} | {spread([r['msgs_per_s'] for r in runs])} | "
+            add(f"| {names[k[1]]} | {spread([r['msgs_per_s'] for r in runs])} | "
                 f"{spread([r['p99_ms'] for r in runs], '{:.2f}')} | {sum(r['errors'] for r in runs)} | "
-                f"{median([r['msgs_per_s'] for r in runs]) / gun:.1f}× |")
+                f"{median([r['msgs_per_s'] for r in runs]) / gun2:.1f}× |")
         add("")
     mib = lambda kib: f"{kib / 1024:.1f}"
     table(add, "Idle WebSockets (10,000 opened, bounded)",
           ["server", "opened", "worker RSS per connection"],
-          [[k[1], str(v["opened"]), f"{v['kib_per_conn']:.1f} KiB"]
+          [[names[k[1]], str(v["opened"]), f"{v['kib_per_conn']:.1f} KiB"]
            for k, v in results.items() if k[0] == "idle"])
     table(add, "Memory (RSS, MiB)",
           ["server", "master/supervisor idle", "its PSS idle", "each worker idle", "master after load",
            "each worker after load"],
-          [[k[1], mib(v["idle"]["master"]), mib(v["idle"]["master_pss"]),
+          [[names[k[1]], mib(v["idle"]["master"]), mib(v["idle"]["master_pss"]),
             ", ".join(mib(w) for w in v["idle"]["workers"]) or "–",
             mib(v["loaded"]["master"]), ", ".join(mib(w) for w in v["loaded"]["workers"]) or "–"]
            for k, v in results.items() if k[0] == "mem"])
@@ -497,7 +542,7 @@ def report(results, servers):
     add(f"- ferricorn exec → `READY=1` with 2 workers: {spread(results['startup'], '{:.1f}')} ms")
     for k, v in results.items():
         if k[0] == "reload":
-            add(f"- 3 × HUP under wrk load, {k[1]}: {v['errors']} failed of {v['requests']} requests")
+            add(f"- 3 × HUP under wrk load, {names[k[1]]}: {v['errors']} failed of {v['requests']} requests")
     return "\n".join(lines) + "\n"
 
 
@@ -537,19 +582,32 @@ def py_versions():
     return out.stdout.strip()
 
 
+# The servers, as data. Each role the report compares against is named once.
+FERRICORN = Server("ferricorn", workers=CORES)
+BARE_AXUM = Server("bare")
+GUNICORN_2 = Server("gunicorn", workers=2)
+GUNICORN_FORMULA = Server("gunicorn", workers=GUNICORN_FORMULA_WORKERS, variant="2 × cores + 1")
+NGINX = Server("nginx", workers=CORES)
+SERVERS = [
+    FERRICORN,
+    Server("ferricorn", workers=1),
+    Server("ferricorn", workers=CORES, variant="access log", access_log=True),
+    Server("ferricorn", workers=CORES, variant="reuse_port", extra={"reuse_port": "true"}),
+    BARE_AXUM,
+    GUNICORN_2,
+    GUNICORN_FORMULA,
+    Server("uvicorn"),
+    NGINX,
+]
+# WebSocket echo: nginx has no /ws, and the variants change nothing there.
+WS_SERVERS = [FERRICORN, Server("ferricorn", workers=1), BARE_AXUM, GUNICORN_2, Server("uvicorn")]
+IDLE_SERVERS = [Server("ferricorn", workers=1, variant="worker_connections 20000",
+                       extra={"worker_connections": 20000}), BARE_AXUM, Server("uvicorn")]
+RELOAD_SERVERS = [Server("ferricorn", workers=2), GUNICORN_2]
+
+
 def main():
-    gun5 = 2 * CORES + 1
-    servers = [
-        Server(f"ferricorn -w {CORES}", "ferricorn", workers=CORES),
-        Server("ferricorn -w 1", "ferricorn", workers=1),
-        Server(f"ferricorn -w {CORES}, access log", "ferricorn", workers=CORES, access_log=True),
-        Server(f"ferricorn -w {CORES}, reuse_port", "ferricorn", workers=CORES, extra={"reuse_port": "true"}),
-        Server("bare axum", "bare"),
-        Server("gunicorn -w 2", "gunicorn", workers=2),
-        Server(f"gunicorn -w {gun5}", "gunicorn", workers=gun5),
-        Server("uvicorn", "uvicorn"),
-        Server("nginx", "nginx", workers=CORES),
-    ]
+    servers = SERVERS
     # BENCH_SERVERS="ferricorn -w 2;nginx" runs a part of the table.
     if wanted := os.environ.get("BENCH_SERVERS"):
         servers = [s for s in servers if s.name in wanted.split(";")]
@@ -560,14 +618,12 @@ def main():
         http_suite(servers, results)
     if "conn" in only:
         conn_suite(servers, results)
-    ws_servers = [s for s in servers if s.name in (f"ferricorn -w {CORES}", "ferricorn -w 1", "bare axum", "gunicorn -w 2", "uvicorn")]
     if "ws" in only:
-        ws_suite(ws_servers, results)
+        ws_suite([s for s in WS_SERVERS if s.key in {t.key for t in servers}], results)
     if "idle" in only:
-        idle_ws_suite([Server("ferricorn -w 1", "ferricorn", workers=1, extra={"worker_connections": 20000}),
-                       Server("bare axum", "bare"), Server("uvicorn", "uvicorn")], results)
+        idle_ws_suite(IDLE_SERVERS, results)
     if "mem" in only:
-        memory_suite([s for s in servers if "," not in s.name], results)
+        memory_suite([s for s in servers if not s.variant], results)
     if "fair" in only:
         fairness_suite(results)
     if "startup" in only:

@@ -92,12 +92,11 @@ fn binds_configured_address_without_listen_fds() {
         socket: Socket::SelfBound,
         ..Options::default()
     });
+    // The config says 127.0.0.1:0; the harness read the address back from
+    // the start line, and /health answering on it shows the bind.
     let addr = server.addr;
-    assert!(
-        server.log().contains(&format!("listeners=[\"{addr}\"]")),
-        "{}",
-        server.log()
-    );
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST, "{}", server.log());
+    assert_ne!(addr.port(), 0);
     assert_eq!(server.health()["status"], "healthy");
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit(PATIENCE).success());

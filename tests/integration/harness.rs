@@ -3,6 +3,9 @@
 //! `NOTIFY_SOCKET` datagram socket the test reads. Everything is polled with
 //! deadlines; nothing sleeps for synchronisation.
 
+mod ws;
+pub use ws::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -18,19 +21,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ferricorn");
 /// Generous bound for anything the tests wait on: CI machines are shared.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Polls `f` until it returns `Some`, or panics naming `what` after `limit`.
-pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` every 20 ms until it returns `Some`, or `limit` passes: the
+/// one polling loop of the tests.
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if start.elapsed() >= limit {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// [`poll`], or a panic naming `what` after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll(limit, f).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
 }
 
 /// How the server gets its socket.
@@ -112,14 +120,6 @@ pub fn move_to_fd3(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A free loopback port: bound to port 0, then released.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
-
 impl Server {
     pub fn start(opts: Options) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -131,9 +131,12 @@ impl Server {
             .expect("bound")
             .local_addr()
             .expect("addr");
-        if opts.socket == Socket::SelfBound {
+        let self_bound = opts.socket == Socket::SelfBound;
+        if self_bound {
+            // Port 0: the server binds a free port itself and logs it (no
+            // bind-release-reuse race with other tests).
             listener = None;
-            addr.set_port(free_port());
+            addr.set_port(0);
             config.push_str(&format!("bind = \"{addr}\"\n"));
         }
         std::fs::write(&config_path, config).expect("write config");
@@ -221,6 +224,14 @@ impl Server {
                 log.push('\n');
             }
         });
+        if self_bound {
+            addr = eventually("the bound address in the start line", PATIENCE, || {
+                let log = log.lock().expect("log lock");
+                let rest = log.split("listeners=[\"").nth(1)?;
+                let end = rest.find(['"', ' '])?;
+                rest[..end].parse().ok()
+            });
+        }
         Server {
             child,
             addr,
@@ -259,14 +270,11 @@ impl Server {
 
     /// Waits until the log contains `needle`.
     pub fn wait_log(&self, needle: &str) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(
-                start.elapsed() < PATIENCE,
+        if poll(PATIENCE, || self.log().contains(needle).then_some(())).is_none() {
+            panic!(
                 "no log line {needle:?} after {PATIENCE:?}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -284,42 +292,37 @@ impl Server {
     /// Waits for a datagram with a line equal to `line` (e.g. "READY=1")
     /// after the first `skip` datagrams; returns its index.
     pub fn wait_note_after(&mut self, skip: usize, line: &str) -> usize {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(i) = self
-                .notes
-                .iter()
-                .enumerate()
-                .skip(skip)
+        let find = |notes: &[String]| {
+            let mut later = notes.iter().enumerate().skip(skip);
+            later
                 .find(|(_, n)| n.lines().any(|l| l == line))
                 .map(|(i, _)| i)
-            {
-                return i;
+        };
+        let mut exited = None;
+        let found = poll(PATIENCE, || {
+            self.pump_notify();
+            if let Some(i) = find(&self.notes) {
+                return Some(Some(i));
             }
-            assert!(
-                Instant::now() < deadline,
+            exited = self.child.try_wait().ok().flatten();
+            // Exited: one last look once the reader took the last datagrams.
+            exited.is_some().then(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                self.pump_notify();
+                find(&self.notes)
+            })
+        });
+        match (found, exited) {
+            (Some(Some(i)), _) => i,
+            (_, Some(status)) => panic!(
+                "server exited ({status}) before {line:?}\nlog:\n{}",
+                self.log()
+            ),
+            _ => panic!(
                 "no {line:?} on NOTIFY_SOCKET; got {:?}\nlog:\n{}",
                 self.notes,
                 self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-            self.pump_notify();
-            if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader thread take the last datagrams.
-                std::thread::sleep(Duration::from_millis(100));
-                self.pump_notify();
-                if !self
-                    .notes
-                    .iter()
-                    .skip(skip)
-                    .any(|n| n.lines().any(|l| l == line))
-                {
-                    panic!(
-                        "server exited ({status}) before {line:?}\nlog:\n{}",
-                        self.log()
-                    );
-                }
-            }
+            ),
         }
     }
 
@@ -454,20 +457,72 @@ pub struct Response {
     pub body: String,
 }
 
-pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
+/// What a response head says: the one HTTP parser of the tests.
+pub struct Head {
+    pub status: u16,
+    pub content_length: Option<usize>,
+    pub close: bool,
+}
+
+/// Parses a response head (status line and fields, without the blank line).
+pub fn parse_head(head: &str) -> std::io::Result<Head> {
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    Ok(Response {
+    let (mut content_length, mut close) = (None, false);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = value.parse().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    Ok(Head {
         status,
-        body: body.to_owned(),
+        content_length,
+        close,
     })
+}
+
+/// The responses in `raw`, in order: each head, and its body by
+/// Content-Length (to the end when there is none).
+pub fn parse_responses(raw: &[u8]) -> std::io::Result<Vec<Response>> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let text = String::from_utf8_lossy(rest);
+        let end = text
+            .find("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+        let head = parse_head(&text[..end])?;
+        let body_start = end + 4;
+        let body_end = head
+            .content_length
+            .map_or(rest.len(), |n| (body_start + n).min(rest.len()));
+        let body =
+            String::from_utf8_lossy(&rest[body_start.min(rest.len())..body_end]).into_owned();
+        out.push(Response {
+            status: head.status,
+            body,
+        });
+        rest = &rest[body_end..];
+    }
+    Ok(out)
+}
+
+/// The first response in `raw`.
+pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
+    parse_responses(raw)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no response"))
 }
 
 /// One request on a new connection (`Connection: close`).
@@ -551,27 +606,17 @@ impl KeepAlive {
             }
             head.push_str(&line);
         }
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
+        let head = parse_head(&head)?;
+        let length = head
+            .content_length
             .ok_or_else(|| std::io::Error::other("no content-length"))?;
         let mut body = vec![0; length];
         conn.read_exact(&mut body)?;
-        let close = head.to_ascii_lowercase().contains("connection: close");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        if close {
+        if head.close {
             self.conn = None;
         }
         Ok(Response {
-            status,
+            status: head.status,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
     }
@@ -619,14 +664,12 @@ pub fn exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> (Vec<u8>, 
     }
 }
 
-/// The status codes of the responses in `raw`, in order.
+/// The status codes of the responses in `raw`, in order (none if `raw`
+/// is not a sequence of responses).
 pub fn statuses(raw: &[u8]) -> Vec<u16> {
-    String::from_utf8_lossy(raw)
-        .match_indices("HTTP/1.")
-        // "HTTP/1.x " and three digits.
-        .filter_map(|(i, m)| raw.get(i + m.len() + 2..i + m.len() + 5))
-        .filter_map(|code| std::str::from_utf8(code).ok()?.parse().ok())
-        .collect()
+    parse_responses(raw)
+        .map(|rs| rs.iter().map(|r| r.status).collect())
+        .unwrap_or_default()
 }
 
 /// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.

@@ -14,7 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
-use crate::websocket::{connect, next_text, runtime};
 
 /// The one worker's pid, from `/health`.
 fn worker_pid(server: &Server) -> u64 {
@@ -311,63 +310,6 @@ fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
     // Only the /health calls of this test were served.
     assert_eq!(requests_after, requests_before + 2);
     assert_eq!(worker_pid(&server), pid);
-}
-
-/// A WebSocket handshake by hand, so the test can send frames no client
-/// library would.
-async fn raw_websocket(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
-}
-
-/// Reads frames until a Close frame; its status code.
-async fn raw_close_code(stream: &mut tokio::net::TcpStream) -> u16 {
-    let read = async {
-        loop {
-            let mut h = [0u8; 2];
-            stream.read_exact(&mut h).await.unwrap();
-            let len = match h[1] & 0x7f {
-                126 => stream.read_u16().await.unwrap() as usize,
-                127 => stream.read_u64().await.unwrap() as usize,
-                n => n as usize,
-            };
-            let mut payload = vec![0u8; len];
-            stream.read_exact(&mut payload).await.unwrap();
-            if h[0] & 0x0f == 0x8 {
-                return u16::from_be_bytes([payload[0], payload[1]]);
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, read)
-        .await
-        .expect("close frame")
-}
-
-/// A masked client frame.
-fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
 }
 
 #[test]

@@ -14,7 +14,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
-use crate::websocket::{close_code, close_frame, connect, runtime};
 
 /// Continuous load: half the clients reuse keep-alive connections, half
 /// open a new connection per request. Bounded: every client stops when told

@@ -6,51 +6,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-pub async fn connect(addr: std::net::SocketAddr) -> Ws {
-    connect_to(addr, "/ws").await
-}
-
-pub async fn connect_to(addr: std::net::SocketAddr, path: &str) -> Ws {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream)
-        .await
-        .expect("websocket handshake");
-    assert_eq!(response.status(), 101);
-    ws
-}
-
-/// Reads until a Close frame; returns its code.
-pub async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
-    close_frame(ws).await.map(|(code, _)| code)
-}
-
-/// Reads until a Close frame; returns its code and reason (None if the
-/// connection ended without one).
-pub async fn close_frame(ws: &mut Ws) -> Option<(CloseCode, String)> {
-    let read = async {
-        while let Some(message) = ws.next().await {
-            match message {
-                Ok(Message::Close(frame)) => return frame.map(|f| (f.code, f.reason.to_string())),
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
-    };
-    tokio::time::timeout(PATIENCE, read)
-        .await
-        .expect("close frame in time")
-}
-
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn echoes_text_and_binary_and_answers_ping() {
     let server = Server::ready(Options::default());
@@ -116,22 +71,6 @@ fn sigterm_closes_open_websocket_with_1001_and_exits_clean() {
     for pid in workers {
         assert!(!alive(pid), "worker {pid} still running");
     }
-}
-
-/// The next text message, skipping the server's pings.
-pub async fn next_text(ws: &mut Ws) -> String {
-    let read = async {
-        loop {
-            match ws.next().await.expect("open").expect("read") {
-                Message::Text(t) => return t.to_string(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, read)
-        .await
-        .expect("message in time")
 }
 
 #[test]
