@@ -583,13 +583,13 @@ def py_versions():
 
 
 # The servers, as data. Each role the report compares against is named once.
-FERRICORN = Server("ferricorn", workers=CORES)
+FERRICORN_CORES = Server("ferricorn", workers=CORES)
 BARE_AXUM = Server("bare")
 GUNICORN_2 = Server("gunicorn", workers=2)
 GUNICORN_FORMULA = Server("gunicorn", workers=GUNICORN_FORMULA_WORKERS, variant="2 × cores + 1")
 NGINX = Server("nginx", workers=CORES)
 SERVERS = [
-    FERRICORN,
+    FERRICORN_CORES,
     Server("ferricorn", workers=1),
     Server("ferricorn", workers=CORES, variant="access log", access_log=True),
     Server("ferricorn", workers=CORES, variant="reuse_port", extra={"reuse_port": "true"}),
@@ -600,7 +600,7 @@ SERVERS = [
     NGINX,
 ]
 # WebSocket echo: nginx has no /ws, and the variants change nothing there.
-WS_SERVERS = [FERRICORN, Server("ferricorn", workers=1), BARE_AXUM, GUNICORN_2, Server("uvicorn")]
+WS_SERVERS = [FERRICORN_CORES, Server("ferricorn", workers=1), BARE_AXUM, GUNICORN_2, Server("uvicorn")]
 IDLE_SERVERS = [Server("ferricorn", workers=1, variant="worker_connections 20000",
                        extra={"worker_connections": 20000}), BARE_AXUM, Server("uvicorn")]
 RELOAD_SERVERS = [Server("ferricorn", workers=2), GUNICORN_2]

@@ -34,10 +34,12 @@ enum Phase {
         deadline: Instant,
         /// What the workers were given before SIGKILL, for the log.
         grace: Duration,
+        /// SIGKILL was sent: once is enough.
         killed: bool,
     },
 }
 
+/// The supervisor's whole state; [`super::run`] drives it.
 pub(super) struct Supervisor<O: Os> {
     /// Reads the config again on reload.
     loader: Loader,

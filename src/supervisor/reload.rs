@@ -30,6 +30,7 @@ pub(super) enum Step {
 /// The reload state of the supervisor.
 #[derive(Default)]
 pub(super) struct Reload {
+    /// Where the reload under way is, if any.
     pub step: Step,
     /// A SIGHUP arrived during the first start or another reload: run it
     /// once that is over.

@@ -16,11 +16,14 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What the core knows that goes into the figures.
 pub(super) struct Facts<'a> {
+    /// Counted for ready workers, connections and WebSockets.
     pub workers: &'a Workers,
     /// The serving generation and its worker target.
     pub generation: u64,
     pub target: usize,
+    /// Quick deaths of looping slots.
     pub crash_loop: u32,
+    /// The generation a reload is starting.
     pub reloading_to: Option<u64>,
 }
 

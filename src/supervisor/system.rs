@@ -97,7 +97,9 @@ impl Os for System {
     }
 
     fn spawn(&mut self, slot: usize, generation: &Generation) -> Result<Started, SpawnError> {
-        let fds = self.sockets.for_slot(slot)?;
+        let fds = self.sockets.for_slot(slot).inspect_err(|e| {
+            tracing::error!(slot, error = %e, "cannot open the slot's socket");
+        })?;
         let cgroup = match &self.cgroups {
             Some(subtree) => match subtree.worker(slot, generation.config.memory_max.0) {
                 Ok(cg) => Some(cg),

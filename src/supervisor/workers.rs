@@ -31,6 +31,7 @@ pub(super) struct Worker {
     pub slot: usize,
     /// The generation it was started for.
     pub generation: u64,
+    /// What it may be asked, and what its exit means.
     pub state: State,
     /// When it was spawned: boot timeout, crash-loop window, uptime.
     pub started: Instant,

@@ -158,6 +158,7 @@ fn above_memory_high(workers: &Workers, high: u64, os: &impl Os) -> Vec<(u32, u6
 pub(in crate::supervisor) struct Watchdog {
     /// Half systemd's interval, so one late tick is not a miss.
     interval: Duration,
+    /// When it is next due.
     next: Instant,
 }
 

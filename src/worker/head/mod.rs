@@ -65,7 +65,9 @@ impl Verdicts {
 /// One connection's inspection, without I/O: given the bytes of each read,
 /// it says how many may stay where they are, and keeps the rest.
 pub struct Inspector {
+    /// Decides.
     scanner: Scanner,
+    /// Where a refusal is recorded for the service to answer.
     verdicts: Arc<Verdicts>,
     /// Bytes read but not passed: the start of a head still arriving.
     held: Vec<u8>,
@@ -174,7 +176,9 @@ impl Inspector {
 
 /// A connection's stream with the checks above applied.
 pub struct Inspected<S> {
+    /// The connection.
     inner: S,
+    /// What its bytes pass through on the way to hyper.
     inspector: Inspector,
 }
 

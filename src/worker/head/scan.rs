@@ -36,7 +36,10 @@ pub enum Scan {
 /// Follows one connection's requests.
 #[derive(Debug)]
 pub struct Scanner {
+    /// The connection's limits, from the config.
     limits: Limits,
+    /// Where the stream is: the next byte begins a head, or belongs to a
+    /// body, or is no longer checked.
     pub(super) framing: Framing,
     /// How far into the head at the start of the next input the search
     /// for its end has already looked (a head arriving in pieces is not
@@ -185,8 +188,11 @@ impl Scanner {
 /// The three limits, 0 meaning none of ferricorn's own.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// `limit_request_line`: longest request line (414 past it).
     pub line: usize,
+    /// `limit_request_fields`: most header fields (431 past it).
     pub fields: usize,
+    /// `limit_request_field_size`: longest field line (431 past it).
     pub field_size: usize,
 }
 
