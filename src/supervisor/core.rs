@@ -48,6 +48,10 @@ pub(super) struct Supervisor<O: Os> {
     /// The generation whose workers fill the slots (before the first
     /// `READY=1`, the one starting).
     serving: Generation,
+    /// The highest generation number used. A failed reload's number is
+    /// not used again: its killed workers may still be exiting, and must
+    /// not count for (or abort) the next attempt.
+    last_generation: u64,
     /// A reload under way, and whether another waits behind it.
     reload: Reload,
     /// First start, running, or stopping: what a worker's exit or a
@@ -88,6 +92,7 @@ impl<O: Os> Supervisor<O> {
                 deadline: now + secs(serving.config.boot_timeout),
             },
             serving,
+            last_generation: 1,
             reload: Reload::default(),
             workers: Workers::default(),
             backoff: Backoff::default(),
@@ -135,7 +140,10 @@ impl<O: Os> Supervisor<O> {
         if let Some(new) = self.reload.starting() {
             let (number, target) = (new.number, new.target);
             for slot in 1..=target {
-                if !self.workers.slot_filled(number, slot) && self.reload.starting().is_some() {
+                // A failed start aborts the reload (and may begin a queued
+                // one, which starts its own workers): stop here then.
+                let same = self.reload.starting().is_some_and(|g| g.number == number);
+                if same && !self.workers.slot_filled(number, slot) {
                     self.start_worker(true, slot, now);
                 }
             }
@@ -252,7 +260,8 @@ impl<O: Os> Supervisor<O> {
             Ok(b) => b,
             Err(e) => return self.reload_failed(e.to_string(), now),
         };
-        let generation = Generation::new(self.serving.number + 1, config, build);
+        self.last_generation += 1;
+        let generation = Generation::new(self.last_generation, config, build);
         tracing::info!(generation = generation.number, build = %generation.build, workers = generation.target, "starting new generation");
         self.reload.step = Step::Starting {
             deadline: now + secs(generation.config.boot_timeout),

@@ -131,7 +131,8 @@ impl Os for System {
                 if let Some(path) = &cgroup {
                     cgroup::remove(path);
                 }
-                tracing::error!(slot, error = %e, exe = %self.exe.display(), "cannot spawn worker");
+                let number = generation.number;
+                tracing::error!(slot, generation = number, error = %e, exe = %self.exe.display(), "cannot spawn worker");
                 Err(e.into())
             }
         }

@@ -449,3 +449,31 @@ fn a_retiring_worker_drains_once_its_successor_is_ready() {
     rig.event(Event::Message(successor, WorkerMessage::Ready));
     assert_eq!(rig.sent(libc::SIGHUP), [old]);
 }
+
+#[test]
+fn a_hup_queued_behind_a_reload_that_fails_starts_afresh() {
+    let mut rig = Rig::running(2);
+    rig.intent(Intent::Reload);
+    rig.intent(Intent::Reload);
+    let doomed = rig.generation(2);
+    rig.exited(doomed[0], ExitStatus::from_raw(1 << 8));
+    // The queued reload began at once, with workers of its own: the killed
+    // ones of the failed attempt (still exiting) fill none of its slots.
+    assert_eq!(rig.reloadings(), 2);
+    let new = rig
+        .sup
+        .reload
+        .starting()
+        .map(|g| g.number)
+        .expect("started");
+    let fresh = rig.generation(new);
+    assert_eq!(fresh.len(), 2, "{:?}", rig.os().spawned);
+    assert!(fresh.iter().all(|pid| !doomed.contains(pid)));
+    // The killed worker's exit does not abort it.
+    rig.exited(doomed[1], ExitStatus::from_raw(libc::SIGKILL));
+    assert!(rig.sup.reload.busy());
+    rig.all_ready(new);
+    rig.all_draining(1);
+    assert_eq!(rig.sup.serving.number, new);
+    assert_eq!(rig.readies(), 3, "the failure's READY=1, then this one's");
+}
