@@ -29,6 +29,8 @@ struct Recorder {
     notes: Vec<Note>,
     /// Whether the next spawns fail.
     fail_spawns: bool,
+    /// Spawns asked for, failed ones included.
+    attempts: usize,
 }
 
 impl Os for Recorder {
@@ -37,6 +39,7 @@ impl Os for Recorder {
     }
 
     fn spawn(&mut self, slot: usize, generation: &Generation) -> Result<Started, SpawnError> {
+        self.attempts += 1;
         if self.fail_spawns {
             return Err(std::io::Error::other("no such file").into());
         }
@@ -82,10 +85,15 @@ const GRACE: u64 = 10;
 impl Rig {
     /// A supervisor with `workers` workers, started (spawned, none ready).
     fn new(workers: usize) -> Rig {
+        Rig::with_timeout(workers, 30)
+    }
+
+    /// The same, with heartbeat `timeout` seconds.
+    fn with_timeout(workers: usize, timeout: u64) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferricorn.toml");
         let text = format!(
-            "workers = {workers}\nboot_timeout = {BOOT}\ngraceful_timeout = {GRACE}\ntimeout = 30\n"
+            "workers = {workers}\nboot_timeout = {BOOT}\ngraceful_timeout = {GRACE}\ntimeout = {timeout}\n"
         );
         std::fs::write(&path, text).unwrap();
         let loader = Loader {
@@ -105,7 +113,11 @@ impl Rig {
 
     /// A rig whose first generation is ready, and `READY=1` sent.
     fn running(workers: usize) -> Rig {
-        let mut rig = Rig::new(workers);
+        Rig::ready(Rig::new(workers))
+    }
+
+    /// `rig` once its first generation is ready.
+    fn ready(mut rig: Rig) -> Rig {
         for pid in rig.generation(1) {
             rig.event(Event::Message(pid, WorkerMessage::Ready));
         }
@@ -246,13 +258,86 @@ fn term_while_the_old_generation_quiesces_sends_no_ready() {
 
 #[test]
 fn a_reload_completes_when_the_old_generation_stops_accepting() {
-    let mut rig = Rig::running(2);
+    let mut rig = Rig::running(3);
     rig.intent(Intent::Reload);
     rig.all_ready(2);
-    assert_eq!(rig.sent(libc::SIGHUP), rig.generation(1), "old drained");
-    rig.all_draining(1);
+    let old = rig.generation(1);
+    assert_eq!(rig.sent(libc::SIGHUP), old, "old drained");
+    for (confirmed, &pid) in old.iter().enumerate() {
+        assert_eq!(
+            rig.readies(),
+            1,
+            "{confirmed} of 3 old workers stopped accepting"
+        );
+        rig.event(Event::Message(pid, WorkerMessage::Draining));
+    }
     assert_eq!(rig.readies(), 2);
     assert!(!rig.sup.reload.busy());
+    // Drained workers exiting is no restart and starts nothing.
+    for pid in old {
+        rig.exited(pid, ExitStatus::from_raw(0));
+    }
+    assert_eq!(rig.sup.board.restarts, 0);
+    assert_eq!(rig.os().spawned.len(), 6);
+    assert_eq!(rig.sup.take_exit(), None);
+}
+
+#[test]
+fn a_reload_completes_after_the_quiesce_timeout_if_old_workers_never_confirm() {
+    let mut rig = Rig::running(1);
+    rig.intent(Intent::Reload);
+    rig.all_ready(2);
+    rig.tick_after(Duration::from_millis(1900));
+    assert_eq!(rig.readies(), 1);
+    rig.tick_after(Duration::from_millis(200));
+    assert_eq!(rig.readies(), 2, "READY=1 once the quiesce timeout passed");
+}
+
+#[test]
+fn a_serving_spawn_that_fails_is_retried_after_its_backoff_only() {
+    let mut rig = Rig::running(1);
+    rig.sup.os.fail_spawns = true;
+    let pid = rig.generation(1)[0];
+    rig.exited(pid, ExitStatus::from_raw(1 << 8));
+    // The death waits 250 ms; the spawn that then fails counts as a second
+    // quick death, so the next try waits 500 ms.
+    let attempts = rig.os().attempts;
+    rig.tick_after(Duration::from_millis(300));
+    assert_eq!(rig.os().attempts, attempts + 1, "retried after 250 ms");
+    rig.tick_after(Duration::from_millis(400));
+    assert_eq!(rig.os().attempts, attempts + 1, "waiting out 500 ms");
+    rig.tick_after(Duration::from_millis(200));
+    assert_eq!(rig.os().attempts, attempts + 2);
+}
+
+#[test]
+fn a_worker_killed_for_silence_is_replaced_at_once() {
+    // Within the crash window (10 s): still a wedge, not a crash loop.
+    let mut rig = Rig::ready(Rig::with_timeout(1, 2));
+    let pid = rig.generation(1)[0];
+    rig.tick_after(Duration::from_millis(2100));
+    assert_eq!(rig.sent(libc::SIGKILL), [pid], "silent past timeout");
+    rig.exited(pid, ExitStatus::from_raw(libc::SIGKILL));
+    assert_eq!(rig.os().spawned.len(), 2, "no backoff for a wedge");
+}
+
+#[test]
+fn a_ready_from_a_worker_that_is_not_booting_changes_nothing() {
+    let mut rig = Rig::running(1);
+    let pid = rig.generation(1)[0];
+    rig.event(Event::Message(
+        pid,
+        WorkerMessage::Retire("max_requests".into()),
+    ));
+    rig.event(Event::Message(pid, WorkerMessage::Ready));
+    assert_eq!(rig.sup.workers.get(pid).unwrap().state, State::Retiring);
+    // Nor does a retire from a worker still booting.
+    let successor = *rig.generation(1).last().unwrap();
+    rig.event(Event::Message(successor, WorkerMessage::Retire("x".into())));
+    assert_eq!(
+        rig.sup.workers.get(successor).unwrap().state,
+        State::Booting
+    );
 }
 
 #[test]
@@ -448,6 +533,9 @@ fn a_retiring_worker_drains_once_its_successor_is_ready() {
     assert!(rig.sent(libc::SIGHUP).is_empty(), "serving until replaced");
     rig.event(Event::Message(successor, WorkerMessage::Ready));
     assert_eq!(rig.sent(libc::SIGHUP), [old]);
+    // It gets graceful_timeout to finish, not less.
+    rig.tick_after(Duration::from_secs(GRACE - 1));
+    assert!(rig.sent(libc::SIGKILL).is_empty(), "{:?}", rig.os().signals);
 }
 
 #[test]
@@ -476,4 +564,17 @@ fn a_hup_queued_behind_a_reload_that_fails_starts_afresh() {
     rig.all_draining(1);
     assert_eq!(rig.sup.serving.number, new);
     assert_eq!(rig.readies(), 3, "the failure's READY=1, then this one's");
+}
+
+#[test]
+fn a_worker_that_dies_after_the_crash_window_is_replaced_at_once() {
+    let mut rig = Rig::running(1);
+    let pid = rig.generation(1)[0];
+    rig.event(Event::Message(
+        pid,
+        WorkerMessage::Heartbeat(Default::default()),
+    ));
+    rig.tick_after(Duration::from_secs(11));
+    rig.exited(pid, ExitStatus::from_raw(1 << 8));
+    assert_eq!(rig.os().spawned.len(), 2, "served 11 s: not a crash loop");
 }
