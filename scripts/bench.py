@@ -275,14 +275,9 @@ def ferricorn_health_body():
     if _HEALTH_BODY is None:
         srv = Server("ferricorn", workers=1).start(False)
         try:
-            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-                data = b""
-                while chunk := s.recv(65536):
-                    data += chunk
+            _HEALTH_BODY = health_body(srv.port)
         finally:
             srv.stop()
-        _HEALTH_BODY = data.split(b"\r\n\r\n", 1)[1].decode()
         json.loads(_HEALTH_BODY)  # a body, not an error page
         assert "'" not in _HEALTH_BODY, "nginx's return '…' cannot quote it"
     return _HEALTH_BODY
@@ -395,16 +390,21 @@ def memory_suite(servers, results):
         print(f"  memory {srv.name:28} idle {idle} after load {loaded}", file=sys.stderr)
 
 
+def health_body(port):
+    """The body of one `GET /health` on a new connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[1].decode()
+
+
 def worker_requests(port, pids, tries=400):
     """Requests each worker has served, read from its own /health."""
     seen = {}
     for _ in range(tries):
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        body = json.loads(health_body(port))
         seen[body["pid"]] = body["counters"]["requests"]
         if set(pids) <= set(seen):
             break

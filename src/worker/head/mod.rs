@@ -77,8 +77,6 @@ pub struct Inspector {
     out_from: usize,
     /// A head was refused: nothing more is read.
     closed: bool,
-    /// The stand-in for the refused head is queued.
-    stand_in: bool,
 }
 
 impl Inspector {
@@ -90,7 +88,6 @@ impl Inspector {
             out: Vec::new(),
             out_from: 0,
             closed: false,
-            stand_in: false,
         }
     }
 
@@ -98,6 +95,7 @@ impl Inspector {
     /// stay there as they are. The rest is kept, to come out of
     /// [`Inspector::pending`] once it may.
     pub fn take(&mut self, read: &[u8]) -> usize {
+        let was_closed = self.closed;
         let kept = if self.held.is_empty() {
             self.feed(read)
         } else {
@@ -107,10 +105,10 @@ impl Inspector {
             self.out.extend_from_slice(&data[..passed]);
             0
         };
-        // After what passed: hyper answers requests in order.
-        if self.closed && !self.stand_in {
+        // Refused in this take: the stand-in goes after what passed, as
+        // hyper answers requests in order.
+        if self.closed && !was_closed {
             self.out.extend_from_slice(REJECTED_HEAD);
-            self.stand_in = true;
         }
         kept
     }
