@@ -55,6 +55,9 @@ pub enum Command {
         build: String,
         #[arg(long)]
         listeners: usize,
+        /// The pub/sub hub's socket follows the listeners.
+        #[arg(long)]
+        pubsub: bool,
     },
 }
 
@@ -102,12 +105,14 @@ pub fn main(app: App) -> ExitCode {
             generation,
             ref build,
             listeners,
+            pubsub,
         } => worker::run(
             worker::WorkerArgs {
                 slot,
                 generation,
                 build: build.clone(),
                 listeners,
+                pubsub,
             },
             app,
         ),

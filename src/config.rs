@@ -111,7 +111,28 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Line format on stderr (the journal always gets structured fields).
     pub log_format: LogFormat,
+    /// Where pub/sub messages go beyond one worker: "embedded" (the
+    /// supervisor's hub: every worker of this host) or a Redis URL
+    /// (`redis://[:password@]host:port[/db]`, `redis+unix:///path`): every
+    /// host using that server.
+    pub pubsub_url: String,
+    /// A file holding the Redis URL instead (a secret kept out of the
+    /// config); a relative path is in `$CREDENTIALS_DIRECTORY`, as systemd's
+    /// `LoadCredential=` provides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pubsub_url_file: Option<PathBuf>,
 }
+
+/// Where a worker's pub/sub reaches, resolved from `pubsub_url` or
+/// `pubsub_url_file`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PubSubTarget {
+    Embedded,
+    Redis(String),
+}
+
+/// `pubsub_url`'s default.
+pub const EMBEDDED: &str = "embedded";
 
 impl Default for Config {
     fn default() -> Self {
@@ -139,6 +160,8 @@ impl Default for Config {
             access_log: true,
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
+            pubsub_url: EMBEDDED.to_owned(),
+            pubsub_url_file: None,
         }
     }
 }
@@ -156,9 +179,69 @@ impl Config {
     /// The config as `check-config` prints it: TOML that loads back to the
     /// same config.
     pub fn to_toml(&self) -> String {
+        // A password in the URL stays out of what is printed (and of the
+        // journal, where `ExecReload=`'s check goes).
+        let shown = Config {
+            pubsub_url: redact_url(&self.pubsub_url),
+            ..self.clone()
+        };
         // Validation keeps every integer within TOML's i64 and every float
         // finite, the only values TOML cannot write.
-        toml::to_string(self).expect("a validated Config encodes as TOML")
+        toml::to_string(&shown).expect("a validated Config encodes as TOML")
+    }
+
+    /// Where pub/sub goes: reads `pubsub_url_file` if set.
+    ///
+    /// # Errors
+    /// The key and what is wrong: an unreadable file, not a Redis URL, both
+    /// keys set.
+    pub fn pubsub(&self) -> Result<PubSubTarget, (&'static str, String)> {
+        let url = match &self.pubsub_url_file {
+            None => self.pubsub_url.clone(),
+            Some(_) if self.pubsub_url != EMBEDDED => {
+                return Err((
+                    "pubsub_url_file",
+                    "is set together with pubsub_url: give one of them".to_owned(),
+                ))
+            }
+            Some(file) => {
+                let path = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                    Some(dir) if file.is_relative() => Path::new(&dir).join(file),
+                    _ => file.clone(),
+                };
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => text.trim().to_owned(),
+                    Err(e) => {
+                        return Err((
+                            "pubsub_url_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        ))
+                    }
+                }
+            }
+        };
+        if url == EMBEDDED {
+            return Ok(PubSubTarget::Embedded);
+        }
+        let key = if self.pubsub_url_file.is_some() {
+            "pubsub_url_file"
+        } else {
+            "pubsub_url"
+        };
+        let shown = redact_url(&url);
+        if !(url.starts_with("redis://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://"))
+        {
+            return Err((
+                key,
+                format!("{shown:?} is neither \"embedded\" nor a redis:// or redis+unix:// URL (rediss:// is not built in)"),
+            ));
+        }
+        match redis::Client::open(url.as_str()) {
+            Ok(_) => Ok(PubSubTarget::Redis(url)),
+            Err(e) => Err((key, format!("{shown:?} is not a Redis URL: {e}"))),
+        }
     }
 
     /// The checks serde's types cannot express, as (key, problem) pairs.
@@ -204,6 +287,9 @@ impl Config {
                 ));
             }
         }
+        if let Err((key, problem)) = self.pubsub() {
+            out.push((key, problem));
+        }
         // (key, value, ceiling). Gunicorn's ceiling for fields: hyper keeps
         // a slot per field on its stack. Worker and thread counts far past
         // any machine are typos. Everything else must at least fit TOML's
@@ -245,6 +331,23 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// `url` with any password replaced by `****`, for logs and printouts.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let Some((user, _)) = rest[..at].split_once(':') else {
+                return url.to_owned();
+            };
+            format!("{scheme}://{user}:****{}", &rest[at..])
+        }
+        None => url.to_owned(),
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`control`]: the supervisor ↔ worker line protocol.
 //! - [`exit`]: every exit code, and why a start fails.
 //! - [`logging`]: journald or stderr.
+//! - [`pubsub`]: messages across workers and hosts (`ctx.pubsub`).
 //! - [`sys`]: the raw OS calls, each wrapped once.
 
 pub mod app;
@@ -24,6 +25,7 @@ pub mod control;
 pub mod exit;
 pub mod listen;
 pub mod logging;
+pub mod pubsub;
 pub mod supervisor;
 pub mod sys;
 pub mod worker;

@@ -1,6 +1,8 @@
 //! `GET /health`: liveness plus who answered (worker slot, generation, pid,
 //! version and build of the executable), so a client can tell old code from
-//! new across a reload; this worker's counters; and the supervisor's live
+//! new across a reload; this worker's counters; its pub/sub backend and
+//! whether it is reachable ("degraded" is still a 200: the worker serves,
+//! its messages reach this worker only); and the supervisor's live
 //! figures (the same as its `STATUS=`), relayed every few seconds.
 
 use std::sync::Arc;
@@ -24,6 +26,7 @@ pub struct Health<'a> {
     worker: usize,
     generation: u64,
     counters: Counters,
+    pubsub: crate::pubsub::Health,
     supervisor: Option<Arc<SupervisorStatus>>,
 }
 
@@ -37,6 +40,7 @@ pub async fn health(State(ctx): State<WorkerContext>) -> Response {
         worker: id.slot,
         generation: id.generation,
         counters: ctx.counters(),
+        pubsub: ctx.pubsub.health(),
         supervisor: ctx.supervisor_status(),
     })
     .into_response()

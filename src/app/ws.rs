@@ -18,6 +18,9 @@ use axum::response::Response;
 
 use crate::worker::WorkerContext;
 
+/// Most messages from elsewhere written to a client in one go.
+const BATCH: usize = 64;
+
 /// Read buffer per WebSocket. tungstenite's default reserves 128 KiB for
 /// every connection, idle or not (measured: 132 KiB per idle socket); a
 /// small one grows per read as messages need it.
@@ -86,22 +89,31 @@ pub async fn session<S, F>(
         let wake = answer_by.unwrap_or(ping_due);
         tokio::select! {
             () = ctx.drain.draining() => {
-                close(socket, ctx.drain.close_code(), ctx.drain.close_reason()).await;
+                close(&mut socket, ctx.drain.close_code(), ctx.drain.close_reason()).await;
                 return;
             }
             () = tokio::time::sleep_until(wake), if pings => {
                 if answer_by.is_some() {
                     tracing::debug!("WebSocket ping unanswered; closing");
-                    close(socket, CLOSE_PING_TIMEOUT, "ping timeout").await;
+                    close(&mut socket, CLOSE_PING_TIMEOUT, "ping timeout").await;
                     return;
                 }
-                if !send_bounded(&mut socket, Message::Ping(Default::default()), patience, ctx).await {
+                if !send_or_close(&mut socket, vec![Message::Ping(Default::default())], patience, ctx).await {
                     return;
                 }
                 answer_by = Some(Instant::now() + patience);
             }
             Some(message) = outgoing.next() => {
-                if !send_bounded(&mut socket, message, patience, ctx).await {
+                // What else is ready goes in the same write: a burst into a
+                // room costs one flush per member, not one per message.
+                let mut batch = vec![message];
+                while batch.len() < BATCH {
+                    match futures_util::FutureExt::now_or_never(outgoing.next()) {
+                        Some(Some(more)) => batch.push(more),
+                        _ => break,
+                    }
+                }
+                if !send_or_close(&mut socket, batch, patience, ctx).await {
                     return;
                 }
             }
@@ -112,7 +124,7 @@ pub async fn session<S, F>(
                 match message {
                     Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                         if let Some(reply) = on_message(message) {
-                            if !send_bounded(&mut socket, reply, patience, ctx).await {
+                            if !send_or_close(&mut socket, vec![reply], patience, ctx).await {
                                 return;
                             }
                         }
@@ -125,7 +137,7 @@ pub async fn session<S, F>(
                     None => return,
                     Some(Err(error)) => {
                         if let Some((code, reason)) = close_code_for(error) {
-                            close(socket, code, reason).await;
+                            close(&mut socket, code, reason).await;
                         }
                         return;
                     }
@@ -135,33 +147,47 @@ pub async fn session<S, F>(
     }
 }
 
-/// Sends one message; false if the connection should be dropped: the send
-/// failed, or the client has not taken it within `patience` (it stopped
-/// reading: what is queued for it is one message, never more), or the
-/// worker began draining meanwhile.
-async fn send_bounded(
+/// Sends messages (written together, flushed once); false if the session
+/// is over: the send failed, or the client has not taken them within
+/// `patience` (it stopped reading: what is queued for it is one batch,
+/// never more; it is dropped), or the worker began draining meanwhile (the
+/// client then gets the drain's close code, like any other member: a send
+/// cut short leaves whole frames in the buffer, which the Close follows).
+async fn send_or_close(
     socket: &mut WebSocket,
-    message: Message,
+    messages: Vec<Message>,
     patience: Duration,
     ctx: &WorkerContext,
 ) -> bool {
-    tokio::select! {
-        sent = tokio::time::timeout(patience, socket.send(message)) => match sent {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
+    use futures_util::SinkExt;
+    let send = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    let draining = tokio::select! {
+        sent = tokio::time::timeout(patience, send) => match sent {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
             Err(_) => {
                 tracing::debug!("WebSocket client not reading; dropping it");
-                false
+                return false;
             }
         },
-        () = ctx.drain.draining() => false,
+        () = ctx.drain.draining() => true,
+    };
+    if draining {
+        // Bounded by the close handshake's own timeout.
+        close(socket, ctx.drain.close_code(), ctx.drain.close_reason()).await;
     }
+    false
 }
 
 /// Sends a Close frame and waits for the client's reply, so the client
 /// sees a clean close rather than a reset; bounded as a whole, since a
 /// client that does not read cannot take the frame either.
-async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),

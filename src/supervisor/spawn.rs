@@ -35,6 +35,9 @@ pub struct SpawnRequest<'a> {
     pub config_line: &'a str,
     /// An open `cgroup.procs` of the worker's own cgroup, if delegated.
     pub cgroup_procs: Option<RawFd>,
+    /// The worker's end of its pub/sub hub socket, at or above
+    /// [`INHERIT_FLOOR`]; it lands after the listeners.
+    pub pubsub: Option<RawFd>,
 }
 
 /// A started worker: its process and the supervisor's end of its control
@@ -70,6 +73,10 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
         .arg("--listeners")
         .arg(listeners.len().to_string())
         .stdin(std::process::Stdio::null());
+    if req.pubsub.is_some() {
+        command.arg("--pubsub");
+    }
+    let pubsub = req.pubsub;
     for name in SUPERVISOR_ONLY_ENV {
         command.env_remove(name);
     }
@@ -84,6 +91,9 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
             sys::child_dup2(control_src, CONTROL_FD)?;
             for (idx, &src) in listeners.iter().enumerate() {
                 sys::child_dup2(src, FIRST_LISTENER_FD + idx as RawFd)?;
+            }
+            if let Some(src) = pubsub {
+                sys::child_dup2(src, FIRST_LISTENER_FD + listeners.len() as RawFd)?;
             }
             sys::child_die_with_parent(parent)
         });

@@ -15,6 +15,7 @@ use super::workers::Generation;
 use super::{cgroup, spawn};
 use crate::control::SupervisorStatus;
 use crate::listen::{ListenError, Sockets};
+use crate::pubsub::hub::Hub;
 
 /// The machine, as the core sees it.
 pub(crate) trait Os {
@@ -66,6 +67,9 @@ pub(crate) struct System {
     events: mpsc::UnboundedSender<Event>,
     /// The latest figures (JSON), which every relay passes on.
     status: watch::Sender<String>,
+    /// The pub/sub hub every worker is attached to; `None` if its thread
+    /// could not start (workers then publish to themselves only).
+    hub: Option<Hub>,
 }
 
 impl System {
@@ -81,6 +85,9 @@ impl System {
             cgroups,
             events,
             status: watch::Sender::new(String::new()),
+            hub: Hub::start()
+                .inspect_err(|e| tracing::error!(error = %e, "cannot start the pub/sub hub; pub/sub reaches one worker only"))
+                .ok(),
         }
     }
 }
@@ -110,6 +117,20 @@ impl Os for System {
             },
             None => None,
         };
+        // Above the floor, like the listeners, for the child's dup2.
+        let pubsub = match &self.hub {
+            Some(hub) => match hub
+                .attach(slot, generation.number)
+                .and_then(|fd| crate::sys::dup_above(fd.as_raw_fd(), crate::sys::INHERIT_FLOOR))
+            {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::error!(slot, error = %e, "cannot attach the worker to the pub/sub hub; it publishes to itself only");
+                    None
+                }
+            },
+            None => None,
+        };
         let request = spawn::SpawnRequest {
             exe: &self.exe,
             slot,
@@ -118,8 +139,11 @@ impl Os for System {
             listeners: &fds,
             config_line: &generation.config_line,
             cgroup_procs: cgroup.as_ref().map(|cg| cg.procs.as_raw_fd()),
+            pubsub: pubsub.as_ref().map(AsRawFd::as_raw_fd),
         };
         let spawned = spawn::spawn(&request);
+        // The child has its copy; the hub keeps the other end.
+        drop(pubsub);
         let cgroup = cgroup.map(|cg| cg.path);
         match spawned {
             Ok(spawned) => {

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::control::{self, SupervisorStatus, WorkerMessage};
 use crate::exit::Exit;
 use crate::logging::{self, Role};
+use crate::pubsub::PubSub;
 use crate::sys::{self, CONTROL_FD, FIRST_LISTENER_FD};
 
 /// Who this worker is, as the supervisor named it.
@@ -61,6 +62,9 @@ pub struct Shared {
     pub identity: Identity,
     pub config: Config,
     pub drain: Drain,
+    /// Messages across workers and hosts: `ctx.pubsub.publish(topic, msg)`
+    /// and `ctx.pubsub.subscribe(topic)`.
+    pub pubsub: PubSub,
     stats: Arc<Stats>,
     /// The supervisor's latest figures, as it last sent them.
     supervisor: std::sync::RwLock<Option<Arc<SupervisorStatus>>>,
@@ -126,6 +130,9 @@ pub struct WorkerArgs {
     pub generation: u64,
     pub build: String,
     pub listeners: usize,
+    /// Whether the supervisor passed a pub/sub hub socket, after the
+    /// listeners.
+    pub pubsub: bool,
 }
 
 /// Builds a worker's routes, once, in the worker after it has started.
@@ -134,7 +141,7 @@ pub type App = fn(WorkerContext) -> axum::Router;
 /// Runs a worker to completion.
 pub fn run(args: WorkerArgs, app: App) -> Exit {
     match boot(&args) {
-        Ok((config, control, listeners)) => {
+        Ok((config, control, listeners, hub)) => {
             logging::init(
                 config.log_level,
                 config.log_format,
@@ -158,7 +165,7 @@ pub fn run(args: WorkerArgs, app: App) -> Exit {
                     .build()
             };
             match runtime {
-                Ok(rt) => rt.block_on(serve(args, config, control, listeners, app)),
+                Ok(rt) => rt.block_on(serve(args, config, control, listeners, hub, app)),
                 Err(e) => {
                     logging::early(
                         logging::Early::Error,
@@ -178,7 +185,12 @@ pub fn run(args: WorkerArgs, app: App) -> Exit {
     }
 }
 
-type Booted = (Config, std::os::unix::net::UnixStream, Vec<StdTcpListener>);
+type Booted = (
+    Config,
+    std::os::unix::net::UnixStream,
+    Vec<StdTcpListener>,
+    Option<std::os::unix::net::UnixStream>,
+);
 
 /// Takes the inherited descriptors and reads the config line.
 fn boot(args: &WorkerArgs) -> Result<Booted, String> {
@@ -212,7 +224,18 @@ fn boot(args: &WorkerArgs) -> Result<Booted, String> {
     control
         .set_nonblocking(true)
         .map_err(|e| format!("control socket: {e}"))?;
-    Ok((config, control, listeners))
+    let hub_fd = FIRST_LISTENER_FD + args.listeners as RawFd;
+    let hub = match args.pubsub {
+        true if sys::fd_is_open(hub_fd) => {
+            // SAFETY: the supervisor put the worker's end of its pub/sub
+            // socket pair after the listeners (checked open above); nothing
+            // else here owns the number.
+            Some(unsafe { std::os::unix::net::UnixStream::from_raw_fd(hub_fd) })
+        }
+        true => return Err(format!("descriptor {hub_fd} (the pub/sub hub) is not open")),
+        false => None,
+    };
+    Ok((config, control, listeners, hub))
 }
 
 /// Heartbeats often enough that a few can be lost inside `timeout`.
@@ -237,6 +260,7 @@ async fn serve(
     config: Config,
     control: std::os::unix::net::UnixStream,
     listeners: Vec<StdTcpListener>,
+    hub: Option<std::os::unix::net::UnixStream>,
     app: App,
 ) -> Exit {
     let control = match UnixStream::from_std(control) {
@@ -270,6 +294,13 @@ async fn serve(
         0 => 0,
         n => n + jitter(config.max_requests_jitter),
     };
+    let target = config.pubsub().unwrap_or_else(|(key, problem)| {
+        // The supervisor checked the same config; only a credential file
+        // changed since can get here.
+        tracing::error!("{key}: {problem}; pub/sub reaches this host only");
+        crate::config::PubSubTarget::Embedded
+    });
+    let pubsub = PubSub::start(target, hub);
     let ctx = WorkerContext(Arc::new(Shared {
         identity: Identity {
             slot: args.slot,
@@ -279,6 +310,7 @@ async fn serve(
         },
         config,
         drain: Drain::default(),
+        pubsub,
         stats: Arc::new(Stats::default()),
         supervisor: std::sync::RwLock::default(),
         control: to_supervisor.clone(),
@@ -367,6 +399,8 @@ async fn serve(
         "worker draining"
     );
     ctx.drain.finished().await;
+    // Leave notices and last messages go out before the process does.
+    ctx.pubsub.flush(Duration::from_secs(1)).await;
     tracing::info!(
         requests = ctx.stats.snapshot().requests,
         "worker drained, exiting"

@@ -7,4 +7,5 @@ mod fuzz;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod pubsub;
 mod websocket;
