@@ -2,9 +2,12 @@
 """The benchmark behind scripts/bench: ferricorn against bare axum,
 Gunicorn + UvicornWorker, plain Uvicorn and nginx, on loopback, in one run,
 with the same load generators. Prints markdown tables with ratios and
-writes them to target/bench/results.md.
+writes them to target/bench/results.md. The `fanout` suite compares chat
+fan-out across workers: ferricorn's embedded pub/sub, ferricorn on Redis,
+and FastAPI on Redis (scripts/bench_chat_fastapi.py).
 
-Run through scripts/bench (it installs wrk, nginx and the Python venv).
+Run through scripts/bench (it installs wrk, nginx, redis-server and the
+Python venv).
 Every load run is bounded in time; only 127.0.0.1 is targeted.
 """
 import dataclasses
@@ -27,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FERRICORN = ROOT / "target/release/ferricorn"
 BARE = ROOT / "target/release/examples/bare_axum"
 WSLOAD = ROOT / "target/release/examples/wsload"
+FANOUT = ROOT / "target/release/examples/fanout"
 VENV = Path(os.environ.get("BENCH_VENV", "/var/tmp/ferricorn-bench-venv"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "4"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
@@ -122,6 +126,10 @@ class Server:
     access_log: bool = False
     extra: dict = dataclasses.field(default_factory=dict)
     key: str = ""
+    # The ASGI app Gunicorn and Uvicorn serve, from scripts/.
+    app: str = "bench_fastapi:app"
+    # Environment of the server's processes, on top of ours.
+    env: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.key = self.key or self.name
@@ -143,6 +151,7 @@ class Server:
         for k in list(env):
             if k.startswith("FERRICORN_"):
                 del env[k]
+        env.update(self.env)
         pin = ["taskset", "-c", SERVER_CORE] if pinned else []
         if self.kind == "ferricorn":
             notify = os.path.join(self.tmp, "notify")
@@ -170,11 +179,11 @@ class Server:
             elif self.kind == "gunicorn":
                 cmd = [str(VENV / "bin/gunicorn"), "-w", str(self.workers), "-k",
                        "uvicorn.workers.UvicornWorker", "--bind", addr, "--chdir",
-                       str(ROOT / "scripts"), "--log-level", "warning", "bench_fastapi:app"]
+                       str(ROOT / "scripts"), "--log-level", "warning", self.app]
             elif self.kind == "uvicorn":
                 cmd = [str(VENV / "bin/uvicorn"), "--app-dir", str(ROOT / "scripts"),
                        "--host", "127.0.0.1", "--port", str(self.port), "--log-level",
-                       "warning", "--no-access-log", "bench_fastapi:app"]
+                       "warning", "--no-access-log", self.app]
             elif self.kind == "nginx":
                 conf = os.path.join(self.tmp, "nginx.conf")
                 # The very bytes a ferricorn worker answers, so nginx's
@@ -448,6 +457,139 @@ def fairness_suite(results):
               f"{sum(sw.values()) / total:.3f} context switches per request", file=sys.stderr)
 
 
+class RedisServer:
+    """A throwaway redis-server on a free loopback port, nothing persisted;
+    stopped by its PID."""
+
+    proc = None
+
+    def start(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/"
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server on {self.port} never answered")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def fanout_suite(results):
+    """Chat fan-out across 2 workers: MEMBERS WebSockets in one room of
+    `/chat/{room}`, each sending MESSAGES at RATE a second, every message
+    delivered to every member (examples/fanout.rs). Unpinned: the workers,
+    redis-server and the one-threaded client share the cores, so the CPU
+    each used is recorded too. A fresh server (and redis-server) per load."""
+    for load in FANOUT_LOADS:
+        members, messages, rate = load
+        for srv, uses_redis in FANOUT_SERVERS:
+            redis = RedisServer() if uses_redis else None
+            runs = []
+            try:
+                if redis:
+                    redis.start()
+                    if srv.kind == "ferricorn":
+                        srv.extra["pubsub_url"] = redis.url
+                    else:
+                        srv.env["REDIS_URL"] = redis.url
+                srv.start(False)
+                for n in range(REPEAT):
+                    pids = srv.pids()
+                    before = cpu_seconds(pids)
+                    workers = [p for p in pids if p != srv.proc.pid]
+                    worker_before = {p: cpu_seconds([p]) for p in workers}
+                    redis_before = cpu_seconds([redis.proc.pid]) if redis else 0.0
+                    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    out = subprocess.run(
+                        [str(FANOUT), f"127.0.0.1:{srv.port}", f"bench{n}", str(members),
+                         str(messages), str(rate)],
+                        capture_output=True, text=True, timeout=150, preexec_fn=raise_nofile)
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    if out.stderr.strip():
+                        print("    " + out.stderr.strip().replace("\n", "\n    "), file=sys.stderr)
+                    r = json.loads(out.stdout)
+                    r["server_cpu_s"] = cpu_seconds(pids) - before
+                    # One busy worker of two means the members landed unevenly.
+                    r["worker_cpu_s"] = sorted((cpu_seconds([p]) - worker_before[p] for p in workers),
+                                               reverse=True)
+                    r["redis_cpu_s"] = cpu_seconds([redis.proc.pid]) - redis_before if redis else 0.0
+                    r["client_cpu_s"] = (after.ru_utime + after.ru_stime) - (child.ru_utime + child.ru_stime)
+                    runs.append(r)
+                    time.sleep(0.5)
+            finally:
+                srv.stop()
+                if redis:
+                    redis.stop()
+            results[("fanout", srv.key, fanout_load_name(load))] = runs
+            print(f"  fanout {srv.name:40} {fanout_load_name(load)}: "
+                  f"{median([r['delivered_per_s'] for r in runs]):.0f} delivered/s, "
+                  f"{sum(r['delivered'] for r in runs)}/{sum(r['expected'] for r in runs)} delivered, "
+                  f"p50 {median([r['p50_ms'] for r in runs]):.2f} ms p99 {median([r['p99_ms'] for r in runs]):.2f} ms; "
+                  f"CPU s server {median([r['server_cpu_s'] for r in runs]):.2f} "
+                  f"(workers {' / '.join(f'{c:.2f}' for c in runs[len(runs) // 2]['worker_cpu_s'])}) redis "
+                  f"{median([r['redis_cpu_s'] for r in runs]):.2f} client {median([r['client_cpu_s'] for r in runs]):.2f}",
+                  file=sys.stderr)
+
+
+def fanout_load_name(load):
+    members, messages, rate = load
+    return f"{members} members x {messages} msgs at {rate}/s"
+
+
+def fanout_table(add, results):
+    """The fan-out suite's table, one row per server and load."""
+    add(f"### Chat fan-out across 2 workers (`/chat/{{room}}`), unpinned, {REPEAT} runs each\n")
+    add("Each member sends its messages at the given rate; every message goes to "
+        "every member, the sender included. Latency is send → delivery. CPU is "
+        "seconds used during one run (median); the busiest worker's share shows "
+        "whether members landed unevenly on the workers.\n")
+    add(f"| server | load | delivered / expected | delivered/s | p50 ms | p99 ms | max ms | "
+        f"dup / reordered | CPU s server (busiest worker) / redis / client | delivered/s vs {FANOUT_ANCHOR.name} | "
+        f"p99 vs {FANOUT_ANCHOR.name} |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for load in FANOUT_LOADS:
+        name = fanout_load_name(load)
+        anchor = results.get(("fanout", FANOUT_ANCHOR.key, name), [])
+        anchor_rate = median([r["delivered_per_s"] for r in anchor]) or 1
+        anchor_p99 = median([r["p99_ms"] for r in anchor]) or 1
+        for srv, _ in FANOUT_SERVERS:
+            runs = results.get(("fanout", srv.key, name))
+            if not runs:
+                continue
+            rate = median([r["delivered_per_s"] for r in runs])
+            p99 = median([r["p99_ms"] for r in runs])
+            ready = "" if all(r["ready"] for r in runs) else " (room not whole)"
+            add(f"| {srv.name} | {name} | {sum(r['delivered'] for r in runs) / max(sum(r['expected'] for r in runs), 1):.1%}{ready} | "
+                f"{spread([r['delivered_per_s'] for r in runs])} | {median([r['p50_ms'] for r in runs]):.2f} | "
+                f"{spread([r['p99_ms'] for r in runs], '{:.1f}')} | {median([r['max_ms'] for r in runs]):.1f} | "
+                f"{sum(r['duplicates'] for r in runs)} / {sum(r['out_of_order'] for r in runs)} | "
+                f"{median([r['server_cpu_s'] for r in runs]):.2f} "
+                f"({median([max(r['worker_cpu_s'], default=0) for r in runs]):.2f}) / "
+                f"{median([r['redis_cpu_s'] for r in runs]):.2f} / "
+                f"{median([r['client_cpu_s'] for r in runs]):.2f} | {rate / anchor_rate:.2f}× | "
+                f"{p99 / anchor_p99:.2g}× |")
+    add("")
+
+
 def startup_suite(results):
     times = []
     for _ in range(5):
@@ -543,6 +685,8 @@ def report(results, servers):
     for k, v in results.items():
         if k[0] == "reload":
             add(f"- 3 × HUP under wrk load, {names[k[1]]}: {v['errors']} failed of {v['requests']} requests")
+    add("")
+    fanout_table(add, results)
     return "\n".join(lines) + "\n"
 
 
@@ -604,6 +748,17 @@ WS_SERVERS = [FERRICORN_CORES, Server("ferricorn", workers=1), BARE_AXUM, GUNICO
 IDLE_SERVERS = [Server("ferricorn", workers=1, variant="worker_connections 20000",
                        extra={"worker_connections": 20000}), BARE_AXUM, Server("uvicorn")]
 RELOAD_SERVERS = [Server("ferricorn", workers=2), GUNICORN_2]
+# Chat fan-out: (members, messages each, messages a second each). The first
+# a load the anchor sustains; the second to find where each saturates.
+FANOUT_LOADS = [(40, 50, 20), (40, 100, 100)]
+FANOUT_ANCHOR = Server("gunicorn", workers=2, variant="FastAPI + redis.asyncio",
+                       app="bench_chat_fastapi:app")
+# (server, whether it gets a redis-server of its own)
+FANOUT_SERVERS = [
+    (Server("ferricorn", workers=2, variant="embedded pub/sub"), False),
+    (Server("ferricorn", workers=2, variant="Redis pub/sub"), True),
+    (FANOUT_ANCHOR, True),
+]
 
 
 def main():
@@ -611,7 +766,8 @@ def main():
     # BENCH_SERVERS="ferricorn -w 2;nginx" runs a part of the table.
     if wanted := os.environ.get("BENCH_SERVERS"):
         servers = [s for s in servers if s.name in wanted.split(";")]
-    only = os.environ.get("BENCH_ONLY", "http,conn,ws,idle,mem,fair,startup,reload").split(",")
+    everything = ["http", "conn", "ws", "idle", "mem", "fair", "startup", "reload", "fanout"]
+    only = os.environ.get("BENCH_ONLY", ",".join(everything)).split(",")
     results = {}
     print(f"# benchmark: {DURATION}s runs × {REPEAT}", file=sys.stderr)
     if "http" in only:
@@ -630,7 +786,9 @@ def main():
         startup_suite(results)
     if "reload" in only:
         reload_suite(results)
-    if set(only) >= {"http", "conn", "ws", "idle", "mem", "fair", "startup", "reload"}:
+    if "fanout" in only:
+        fanout_suite(results)
+    if set(only) >= set(everything):
         text = report(results, servers)
         out = ROOT / "target/bench"
         out.mkdir(parents=True, exist_ok=True)
@@ -638,6 +796,10 @@ def main():
         print(text)
     else:
         print(json.dumps({" ".join(map(str, k)) if isinstance(k, tuple) else k: v for k, v in results.items()}, indent=1))
+        if "fanout" in only:
+            lines = []
+            fanout_table(lines.append, results)
+            print("\n".join(lines))
 
 
 if __name__ == "__main__":
