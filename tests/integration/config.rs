@@ -212,3 +212,68 @@ fn an_invalid_config_with_no_client_waiting_exits_78_at_once() {
     );
     assert!(log.contains("workerz: unknown key"), "{log}");
 }
+
+#[test]
+fn the_redis_url_comes_from_a_credential_file_and_its_password_is_never_printed() {
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::write(
+        credentials.path().join("redis-url"),
+        "redis://:s3cret@127.0.0.1:6379/\n",
+    )
+    .unwrap();
+    let creds = credentials.path().to_str().unwrap();
+    // A relative name is read from $CREDENTIALS_DIRECTORY (LoadCredential=).
+    let (_dir, path) = config_file("pubsub_url_file = \"redis-url\"\n");
+    let out = output(
+        &["--config", &path, "check-config"],
+        &[("CREDENTIALS_DIRECTORY", creds)],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("pubsub_url_file = \"redis-url\""),
+        "{printed}"
+    );
+    assert!(!printed.contains("s3cret"), "{printed}");
+    // Without the directory the file is not there: the key and its file
+    // are named.
+    let (code, err) = run(&["--config", &path, "check-config"], &[]);
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("pubsub_url_file: cannot read redis-url"),
+        "{err}"
+    );
+    assert!(err.contains(&path), "{err}");
+    // A URL given inline is printed without its password.
+    let (_dir, inline) = config_file("pubsub_url = \"redis://:s3cret@127.0.0.1:6379/\"\n");
+    let out = output(&["--config", &inline, "check-config"], &[]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        printed.contains("pubsub_url = \"redis://:****@127.0.0.1:6379/\""),
+        "{printed}"
+    );
+    // Both at once, or not a Redis URL: refused, naming the key.
+    let (_dir, both) =
+        config_file("pubsub_url = \"redis://127.0.0.1/\"\npubsub_url_file = \"redis-url\"\n");
+    let (code, err) = run(
+        &["--config", &both, "check-config"],
+        &[("CREDENTIALS_DIRECTORY", creds)],
+    );
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("pubsub_url_file: is set together with pubsub_url"),
+        "{err}"
+    );
+    let (code, err) = run(&["check-config"], &[("FERRICORN_PUBSUB_URL", "http://x/")]);
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("pubsub_url: \"http://x/\" is neither \"embedded\" nor a redis://"),
+        "{err}"
+    );
+    assert!(err.contains("FERRICORN_PUBSUB_URL"), "{err}");
+}
