@@ -569,7 +569,7 @@ fn a_flood_never_delays_supervision_and_memory_stays_bounded() {
     let flood = Duration::from_secs(6);
     // The flood: 4 members on both workers sending as fast as they can,
     // 2 members reading everything, and 1 that never reads.
-    let (_silent, silent_port, flooders) = rt.block_on(async {
+    let (_silent, silent_port, flooders, readers_end) = rt.block_on(async {
         let mut members = spread(addr, "flood", 4, 2).await;
         let silent = join(addr, "flood").await;
         // A small window, so the server's side fills in a fraction of the
@@ -591,38 +591,51 @@ fn a_flood_never_delays_supervision_and_memory_stays_bounded() {
         let readers: Vec<Member> = members.drain(2..).collect();
         let mut flooders = Vec::new();
         for member in members {
+            // Through the reload too: told 1012, a flooder joins again and
+            // goes on.
             flooders.push(tokio::spawn(async move {
-                let (mut tx, mut rx) = member.ws.split();
-                let read = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
                 let start = Instant::now();
                 let mut sent = 0u64;
                 let text = "x".repeat(1000);
-                while start.elapsed() < flood {
-                    if tx.send(Message::text(text.clone())).await.is_err() {
-                        break;
+                let mut member = member;
+                loop {
+                    let (mut tx, mut rx) = member.ws.split();
+                    let read =
+                        tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+                    while start.elapsed() < flood {
+                        if tx.send(Message::text(text.clone())).await.is_err() {
+                            break;
+                        }
+                        sent += 1;
                     }
-                    sent += 1;
+                    read.abort();
+                    if start.elapsed() >= flood {
+                        return sent;
+                    }
+                    member = loop {
+                        if let Some(m) = try_join(addr, "flood").await {
+                            break m;
+                        }
+                    };
                 }
-                read.abort();
-                sent
             }));
         }
+        // The readers were connected before the reload, and are sent to
+        // without pause when it comes: each must get 1012, not a reset.
+        let mut readers_end = Vec::new();
         for reader in readers {
-            flooders.push(tokio::spawn(async move {
+            readers_end.push(tokio::spawn(async move {
                 let (_tx, mut rx) = reader.ws.split();
-                let start = Instant::now();
-                while start.elapsed() < flood + Duration::from_secs(1) {
-                    if tokio::time::timeout(Duration::from_secs(1), rx.next())
-                        .await
-                        .is_err()
-                    {
-                        break;
+                loop {
+                    match tokio::time::timeout(PATIENCE, rx.next()).await {
+                        Ok(Some(Ok(Message::Close(frame)))) => return Ok(frame.map(|f| f.code)),
+                        Ok(Some(Ok(_))) => {}
+                        other => return Err(format!("{other:?}")),
                     }
                 }
-                0
             }));
         }
-        (silent, silent_port, flooders)
+        (silent, silent_port, flooders, readers_end)
     });
     let pets = |s: &mut Server| {
         s.notes()
@@ -660,13 +673,24 @@ fn a_flood_never_delays_supervision_and_memory_stays_bounded() {
         .iter()
         .filter(|n| n.lines().any(|l| l.starts_with("STATUS=")))
         .count();
-    let total = rt.block_on(async {
+    let (total, ends) = rt.block_on(async {
         let mut total = 0;
         for f in flooders {
             total += f.await.unwrap();
         }
-        total
+        let mut ends = Vec::new();
+        for r in readers_end {
+            ends.push(r.await.unwrap());
+        }
+        (total, ends)
     });
+    for end in ends {
+        assert_eq!(
+            end,
+            Ok(Some(CloseCode::Restart)),
+            "a reader connected before the reload"
+        );
+    }
     eprintln!(
         "flood: {total} messages sent in {flood:?}; longest without WATCHDOG=1: {still:?} / {still_after:?}; \
          reload took {reload_took:?}; RSS supervisor {rss_supervisor} KiB, workers {rss_workers:?} KiB; {statuses} STATUS= lines"
