@@ -1,7 +1,8 @@
 //! The routes: the one part of ferricorn a template user edits.
 //!
 //! Everything here runs inside a worker process. [`WorkerContext`] gives a
-//! handler the worker's identity, the resolved config and the drain signal;
+//! handler the worker's identity, the resolved config, the drain signal
+//! and `pubsub` (messages to every worker and host, see `chat`);
 //! a handler that holds a connection open (a WebSocket, a stream) must stop
 //! when [`crate::worker::Drain::draining`] fires, or it delays every reload
 //! and stop by `graceful_timeout`.
@@ -9,7 +10,8 @@
 //! State shared by handlers (a database pool, a cache) belongs in a type
 //! built in [`router`], which runs in each worker after it has started:
 //! never before the supervisor spawns workers, so no connection crosses a
-//! fork.
+//! fork. State shared by *clients* (who is in a room) never lives in one
+//! worker: the next connection may land on another; publish it instead.
 
 mod chat;
 mod health;

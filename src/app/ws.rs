@@ -4,9 +4,10 @@
 //! Pings are answered by the protocol layer. The server pings a quiet
 //! client every `ws_ping_interval` and closes with 1011 if nothing comes
 //! back within `ws_ping_timeout`; a client that stops reading is dropped
-//! once a send has waited that long, so it holds one message at most. On drain the worker's close
-//! code goes to the client (1001 on stop, 1012 on reload or recycle, so it
-//! reconnects at once). A message over `ws_max_size` closes with 1009.
+//! once a send has waited that long, so it holds one batch at most. On
+//! drain the worker's close code goes to the client, even one in the middle
+//! of a send (1001 on stop, 1012 on reload or recycle, so it reconnects at
+//! once). A message over `ws_max_size` closes with 1009.
 
 use std::time::Duration;
 
