@@ -94,9 +94,7 @@ async fn try_join(addr: SocketAddr, room: &str) -> Option<Member> {
                 return None;
             }
             Some(Ok(_)) => {}
-            // Upgraded in the drain's first instant: the connection ends
-            // before the session starts. The client joins again.
-            Some(Err(_)) | None => return None,
+            other => panic!("the connection ended without a close frame: {other:?}"),
         }
     };
     let welcome: serde_json::Value = serde_json::from_str(&welcome).unwrap();
@@ -418,15 +416,9 @@ async fn chatter(
                         Some(Ok(Message::Close(ref frame))) => frame.as_ref().map(|f| f.code),
                         _ => None,
                     };
-                    // Connected before the reload: told 1012. A rejoin that
-                    // reached an old worker in its drain's first instant
-                    // may see the connection end instead (noted in the
-                    // README); it rejoins again either way.
-                    if epoch == 0 || code.is_some() {
-                        assert_eq!(code, Some(CloseCode::Restart), "member {index} connection {epoch} ended with {other:?}");
-                    } else {
-                        assert_eq!(member.generation, 1, "member {index}: a new-generation connection ended: {other:?}");
-                    }
+                    // Every connection is told 1012, a rejoin that reached
+                    // an old worker in its drain's first instant included.
+                    assert_eq!(code, Some(CloseCode::Restart), "member {index} connection {epoch} ended with {other:?}");
                     member = loop {
                         if let Some(m) = try_join(addr, "reload").await {
                             break m;
