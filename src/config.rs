@@ -240,7 +240,12 @@ impl Config {
         }
         match redis::Client::open(url.as_str()) {
             Ok(_) => Ok(PubSubTarget::Redis(url)),
-            Err(e) => Err((key, format!("{shown:?} is not a Redis URL: {e}"))),
+            // Not the URL itself: unparsed, its password cannot be found
+            // to mask (a `/` in it, unencoded, ends the host part early).
+            Err(e) => Err((
+                key,
+                format!("not a Redis URL ({e}); percent-encode special characters in the password"),
+            )),
         }
     }
 
@@ -334,21 +339,34 @@ impl Config {
     }
 }
 
-/// `url` with any password replaced by `****`, for logs and printouts.
+/// `url` with any password replaced by `****`, for logs and printouts:
+/// the userinfo's (`redis://user:secret@host`, up to the last `@`, so a
+/// password holding `/` or `@` is masked whole) and a `pass=` query
+/// parameter's (`redis+unix:///sock?pass=secret`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let Some((user, _)) = rest[..at].split_once(':') else {
-                return url.to_owned();
-            };
-            format!("{scheme}://{user}:****{}", &rest[at..])
-        }
+    let mut shown = match rest.rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:****{}", &rest[at..]),
+            None => url.to_owned(),
+        },
         None => url.to_owned(),
+    };
+    if let Some(query) = shown.find('?') {
+        let masked: Vec<String> = shown[query + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("pass" | "password", _)) => {
+                    format!("{}=****", pair.split('=').next().unwrap_or("pass"))
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown = format!("{}?{}", &shown[..query], masked.join("&"));
     }
+    shown
 }
 
 /// A size in bytes, written as a number or with a K, M, G or T suffix

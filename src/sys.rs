@@ -22,6 +22,16 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Marks `fd` close-on-exec: a descriptor a worker inherited must not
+/// pass on to programs the app runs (a child holding the hub's or the
+/// control socket's end would keep the worker looking alive).
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only change the descriptor's flags.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
 /// Whether `fd` is an open descriptor in this process.
 pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor table.

@@ -117,3 +117,23 @@ fn byte_sizes_are_written_back_as_bytes() {
     assert!(text.contains("memory_high = 536870912"), "{text}");
     assert!(text.contains("memory_max = 0"), "{text}");
 }
+
+#[test]
+fn passwords_are_masked_wherever_a_redis_url_carries_them() {
+    assert_eq!(
+        redact_url("redis://:s3cret@host:6379/0"),
+        "redis://:****@host:6379/0"
+    );
+    assert_eq!(
+        redact_url("redis://user:s3cret@host/"),
+        "redis://user:****@host/"
+    );
+    // A slash or an at sign in the password: masked whole.
+    assert_eq!(redact_url("redis://:a/b@c@host/"), "redis://:****@host/");
+    assert_eq!(
+        redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+        "redis+unix:///run/redis.sock?db=1&pass=****"
+    );
+    assert_eq!(redact_url("redis://host:6379/"), "redis://host:6379/");
+    assert_eq!(redact_url("embedded"), "embedded");
+}

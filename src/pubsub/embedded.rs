@@ -65,6 +65,7 @@ async fn write_loop(
     mut outbound: mpsc::UnboundedReceiver<Out>,
 ) {
     let mut told: HashSet<Arc<str>> = HashSet::new();
+    let mut version = None;
     loop {
         let out = tokio::select! {
             biased;
@@ -74,17 +75,7 @@ async fn write_loop(
                 None => return,
             },
         };
-        let mut frames: Vec<bytes::Bytes> = Vec::new();
-        if out.is_none() {
-            let wanted = inner.wanted();
-            for topic in wanted.difference(&told) {
-                frames.push(wire::subscribe(topic));
-            }
-            for topic in told.difference(&wanted) {
-                frames.push(wire::unsubscribe(topic));
-            }
-            told = wanted;
-        }
+        let mut publishes: Vec<bytes::Bytes> = Vec::new();
         let mut flushed = Vec::new();
         let mut count = 0u64;
         let mut next = out;
@@ -92,7 +83,7 @@ async fn write_loop(
             match next {
                 Some(Out::Publish { topic, message }) => {
                     inner.dequeued(&topic, &message);
-                    frames.push(wire::publish(&topic, &message));
+                    publishes.push(wire::publish(&topic, &message));
                     count += 1;
                 }
                 Some(Out::Flush(done)) => flushed.push(done),
@@ -103,6 +94,21 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
+        // After taking the publishes, before writing them: a subscription
+        // made before any of them (on any thread) goes out first.
+        let mut frames: Vec<bytes::Bytes> = Vec::new();
+        if version.is_none_or(|v| inner.changed_since(v)) {
+            let (wanted, now) = inner.wanted();
+            for topic in wanted.difference(&told) {
+                frames.push(wire::subscribe(topic));
+            }
+            for topic in told.difference(&wanted) {
+                frames.push(wire::unsubscribe(topic));
+            }
+            told = wanted;
+            version = Some(now);
+        }
+        frames.extend(publishes);
         let mut written = true;
         for frame in frames {
             if sink.feed(frame).await.is_err() {

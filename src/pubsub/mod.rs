@@ -91,8 +91,13 @@ pub(crate) struct Inner {
     topics: Mutex<HashMap<Arc<str>, broadcast::Sender<Bytes>>>,
     /// Rung when `topics` gains or loses a key, for the backend link.
     changed: Notify,
+    /// Bumped (under the `topics` lock) when it does: a link that drains
+    /// publishes checks it before writing them, so a subscription made
+    /// before a publish, on any thread, always goes out first.
+    version: AtomicU64,
     outbound: Option<Outbound>,
-    /// Whether the backend is reachable (always true for `Local`).
+    /// Whether the backend is reachable (never for `Local`: its messages
+    /// reach this worker only, which `/health` says as "degraded").
     connected: AtomicBool,
     stats: Stats,
 }
@@ -161,11 +166,13 @@ impl PubSub {
             node: node_id(),
             topics: Mutex::default(),
             changed: Notify::new(),
+            version: AtomicU64::new(0),
             outbound: link.is_some().then(|| Outbound {
                 tx,
                 queued: AtomicUsize::new(0),
             }),
-            connected: AtomicBool::new(link.is_none()),
+            // A link reports itself once connected; `Local` never is.
+            connected: AtomicBool::new(false),
             stats: Stats::default(),
         });
         match link {
@@ -228,6 +235,7 @@ impl PubSub {
             None => {
                 let (tx, rx) = broadcast::channel(SUBSCRIBER_BACKLOG);
                 topics.insert(Arc::from(topic), tx);
+                self.0.version.fetch_add(1, Ordering::SeqCst);
                 self.0.changed.notify_one();
                 rx
             }
@@ -286,9 +294,17 @@ impl Inner {
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The topics subscribed here now, for the backend link to match.
-    fn wanted(&self) -> HashSet<Arc<str>> {
-        self.lock_topics().keys().cloned().collect()
+    /// The topics subscribed here now, for the backend link to match,
+    /// with the version they are at.
+    fn wanted(&self) -> (HashSet<Arc<str>>, u64) {
+        let topics = self.lock_topics();
+        let version = self.version.load(Ordering::SeqCst);
+        (topics.keys().cloned().collect(), version)
+    }
+
+    /// Whether the topics changed since `version`.
+    fn changed_since(&self, version: u64) -> bool {
+        self.version.load(Ordering::SeqCst) != version
     }
 
     /// A message from the backend, for this worker's subscribers.
@@ -398,6 +414,7 @@ impl Drop for Subscription {
             .is_some_and(|tx| tx.receiver_count() == 0)
         {
             topics.remove(&self.topic);
+            self.pubsub.version.fetch_add(1, Ordering::SeqCst);
             self.pubsub.changed.notify_one();
         }
     }

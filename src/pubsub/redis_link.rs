@@ -27,6 +27,9 @@ use super::{Inner, Out};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
+/// How long a link must have held for the next outage to start its
+/// backoff from [`FIRST_RETRY`] again.
+const STABLE: Duration = Duration::from_secs(10);
 /// Longest wait for a connect, a subscribe or a batch of publishes.
 const PATIENCE: Duration = Duration::from_secs(5);
 /// A quiet link is checked this often, so a server that vanished without
@@ -69,7 +72,6 @@ async fn run(inner: Arc<Inner>, url: String, mut outbound: mpsc::UnboundedReceiv
         match connect(&client).await {
             Ok((publisher, sink, stream)) => {
                 inner.set_connected(true);
-                delay = FIRST_RETRY;
                 match outage.take() {
                     Some(o) if !first => {
                         let lost = inner.lost() - o.lost_before;
@@ -83,8 +85,15 @@ async fn run(inner: Arc<Inner>, url: String, mut outbound: mpsc::UnboundedReceiv
                     }
                     _ => tracing::info!(url = %shown, "pub/sub: connected to Redis"),
                 }
+                let began = Instant::now();
                 let why = session(&inner, publisher, sink, stream, &mut outbound).await;
                 inner.set_connected(false);
+                // Only a link that held resets the backoff: one that fails
+                // right after connecting (a refused SUBSCRIBE, say) must not
+                // reconnect every 100 ms.
+                if began.elapsed() >= STABLE {
+                    delay = FIRST_RETRY;
+                }
                 let Some(why) = why else { return };
                 tracing::error!(url = %shown, error = %why, "pub/sub: lost Redis; reconnecting with backoff; messages published meanwhile reach this worker only and are counted as lost");
                 outage = Some(Outage {
@@ -153,7 +162,7 @@ async fn session(
     mut stream: PubSubStream,
     outbound: &mut mpsc::UnboundedReceiver<Out>,
 ) -> Option<String> {
-    let mut told: HashSet<Arc<str>> = HashSet::new();
+    let mut told = Told::default();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Subscriptions made before this connection (or before a reconnect).
@@ -176,14 +185,19 @@ async fn session(
             },
             out = outbound.recv() => {
                 let out = out?;
-                if let Err(e) = publish(inner, &mut publisher, out, outbound).await {
+                if let Err(e) = publish(inner, &mut publisher, &mut sink, &mut told, out, outbound).await {
                     return Some(e);
                 }
             }
             _ = ping.tick() => {
+                // Both connections: a quiet subscriber connection that a
+                // middlebox dropped would otherwise go unnoticed.
                 let ping = redis::cmd("PING");
-                let pong = ping.query_async::<()>(&mut publisher);
-                match tokio::time::timeout(PATIENCE, pong).await {
+                let pongs = async {
+                    ping.query_async::<()>(&mut publisher).await?;
+                    sink.ping::<()>().await
+                };
+                match tokio::time::timeout(PATIENCE, pongs).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Some(e.to_string()),
                     Err(_) => return Some(format!("no answer to PING in {} s", PATIENCE.as_secs())),
@@ -193,14 +207,24 @@ async fn session(
     }
 }
 
-async fn reconcile(
-    inner: &Inner,
-    sink: &mut PubSubSink,
-    told: &mut HashSet<Arc<str>>,
-) -> Result<(), String> {
-    let wanted = inner.wanted();
-    let add: Vec<String> = wanted.difference(told).map(|t| channel(t)).collect();
-    let remove: Vec<String> = told.difference(&wanted).map(|t| channel(t)).collect();
+/// What this connection is subscribed to, as of which topics version.
+#[derive(Default)]
+struct Told {
+    topics: HashSet<Arc<str>>,
+    version: Option<u64>,
+}
+
+async fn reconcile(inner: &Inner, sink: &mut PubSubSink, told: &mut Told) -> Result<(), String> {
+    let (wanted, version) = inner.wanted();
+    let add: Vec<String> = wanted
+        .difference(&told.topics)
+        .map(|t| channel(t))
+        .collect();
+    let remove: Vec<String> = told
+        .topics
+        .difference(&wanted)
+        .map(|t| channel(t))
+        .collect();
     let change = async {
         if !add.is_empty() {
             sink.subscribe(&add).await?;
@@ -212,7 +236,8 @@ async fn reconcile(
     };
     match tokio::time::timeout(PATIENCE, change).await {
         Ok(Ok(())) => {
-            *told = wanted;
+            told.topics = wanted;
+            told.version = Some(version);
             Ok(())
         }
         Ok(Err(e)) => Err(e.to_string()),
@@ -224,10 +249,13 @@ async fn reconcile(
 }
 
 /// Sends `first` and whatever else is queued (up to [`BATCH`]) as one
-/// pipeline, in order.
+/// pipeline, in order; subscriptions made before any of them (on any
+/// thread) are confirmed first.
 async fn publish(
     inner: &Inner,
     publisher: &mut MultiplexedConnection,
+    sink: &mut PubSubSink,
+    told: &mut Told,
     first: Out,
     outbound: &mut mpsc::UnboundedReceiver<Out>,
 ) -> Result<(), String> {
@@ -252,6 +280,12 @@ async fn publish(
         }
         if count < BATCH as u64 {
             next = outbound.try_recv().ok();
+        }
+    }
+    if told.version.is_none_or(|v| inner.changed_since(v)) {
+        if let Err(e) = reconcile(inner, sink, told).await {
+            inner.count_lost(count);
+            return Err(e);
         }
     }
     if count > 0 {

@@ -40,7 +40,8 @@ fn subscribers_hear_every_message_in_order_from_the_moment_they_subscribe() {
     });
     let health = pubsub.health();
     assert_eq!(health.backend, Backend::Local);
-    assert_eq!(health.state, "ok");
+    // Without a hub, messages reach this worker only: said, not hidden.
+    assert_eq!(health.state, "degraded");
     assert_eq!(
         (health.published, health.delivered, health.dropped),
         (12, 21, 0)
@@ -67,11 +68,11 @@ fn interest_ends_with_the_last_subscription() {
     let pubsub = local();
     let a = pubsub.subscribe("t").unwrap();
     let b = pubsub.subscribe("t").unwrap();
-    assert!(pubsub.0.wanted().contains("t"));
+    assert!(pubsub.0.wanted().0.contains("t"));
     drop(a);
-    assert!(pubsub.0.wanted().contains("t"));
+    assert!(pubsub.0.wanted().0.contains("t"));
     drop(b);
-    assert!(pubsub.0.wanted().is_empty());
+    assert!(pubsub.0.wanted().0.is_empty());
 }
 
 #[test]

@@ -197,6 +197,7 @@ fn boot(args: &WorkerArgs) -> Result<Booted, String> {
     if !sys::fd_is_open(CONTROL_FD) {
         return Err("no control socket: `ferricorn worker` is started by `ferricorn serve`".into());
     }
+    sys::set_cloexec(CONTROL_FD).map_err(|e| format!("control socket: {e}"))?;
     // SAFETY: the supervisor put our end of the control socket pair at
     // CONTROL_FD, checked open above, and nothing else here owns it.
     let control = unsafe { std::os::unix::net::UnixStream::from_raw_fd(CONTROL_FD) };
@@ -213,6 +214,7 @@ fn boot(args: &WorkerArgs) -> Result<Booted, String> {
         if !sys::is_listening(fd) {
             return Err(format!("descriptor {fd} is not a listening socket"));
         }
+        sys::set_cloexec(fd).map_err(|e| format!("listener {fd}: {e}"))?;
         // SAFETY: the supervisor placed a listening socket at `fd` (checked
         // above) and this process takes sole ownership of the number.
         let listener = unsafe { StdTcpListener::from_raw_fd(fd) };
@@ -227,6 +229,7 @@ fn boot(args: &WorkerArgs) -> Result<Booted, String> {
     let hub_fd = FIRST_LISTENER_FD + args.listeners as RawFd;
     let hub = match args.pubsub {
         true if sys::fd_is_open(hub_fd) => {
+            sys::set_cloexec(hub_fd).map_err(|e| format!("pub/sub hub socket: {e}"))?;
             // SAFETY: the supervisor put the worker's end of its pub/sub
             // socket pair after the listeners (checked open above); nothing
             // else here owns the number.
