@@ -542,14 +542,16 @@ fn longest_still(span: Duration, mut count: impl FnMut() -> usize) -> Duration {
 
 #[test]
 fn a_flood_never_delays_supervision_and_memory_stays_bounded() {
-    // Watchdog at 1 s: ferricorn pets every 500 ms; systemd would kill it
-    // at 1 s without one. Heartbeats every 250 ms against a 1 s timeout.
+    // Watchdog at 2 s: ferricorn pets every second; systemd would kill it
+    // at 2 s without one. Heartbeats every 750 ms against a 3 s timeout:
+    // tight enough that a hub sharing the supervisor's loop would show,
+    // loose enough for a CI machine running the suite's tests in parallel.
     // A client gets 2 s to take a send: the readers here must keep up with
     // the flood on a busy machine, the silent member never does.
     let mut server = Server::ready(Options {
         workers: 2,
-        wrapper_env: "WATCHDOG_USEC=1000000 WATCHDOG_PID=$$".into(),
-        config: "timeout = 1\nws_ping_interval = 1\nws_ping_timeout = 2".into(),
+        wrapper_env: "WATCHDOG_USEC=2000000 WATCHDOG_PID=$$".into(),
+        config: "timeout = 3\nws_ping_interval = 1\nws_ping_timeout = 2".into(),
         ..Options::default()
     });
     let addr = server.addr;
@@ -703,7 +705,7 @@ fn a_flood_never_delays_supervision_and_memory_stays_bounded() {
         "not a flood: {total} messages"
     );
     assert!(
-        still < Duration::from_secs(1) && still_after < Duration::from_secs(1),
+        still < Duration::from_secs(2) && still_after < Duration::from_secs(2),
         "watchdog late: {still:?}, {still_after:?}"
     );
     assert!(
