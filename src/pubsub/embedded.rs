@@ -2,7 +2,6 @@
 //! which topics this worker wants, writes what is published here, and
 //! hands what other workers published to this worker's subscribers.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use super::wire::{self, Frame};
-use super::{Inner, Out};
+use super::{Inner, Out, Told};
 
 pub(super) fn start(
     inner: Arc<Inner>,
@@ -64,8 +63,7 @@ async fn write_loop(
     mut sink: FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
     mut outbound: mpsc::UnboundedReceiver<Out>,
 ) {
-    let mut told: HashSet<Arc<str>> = HashSet::new();
-    let mut version = None;
+    let mut told = Told::default();
     loop {
         let out = tokio::select! {
             biased;
@@ -75,40 +73,22 @@ async fn write_loop(
                 None => return,
             },
         };
-        let mut publishes: Vec<bytes::Bytes> = Vec::new();
-        let mut flushed = Vec::new();
-        let mut count = 0u64;
-        let mut next = out;
-        loop {
-            match next {
-                Some(Out::Publish { topic, message }) => {
-                    inner.dequeued(&topic, &message);
-                    publishes.push(wire::publish(&topic, &message));
-                    count += 1;
-                }
-                Some(Out::Flush(done)) => flushed.push(done),
-                None => {}
-            }
-            match outbound.try_recv() {
-                Ok(more) => next = Some(more),
-                Err(_) => break,
-            }
-        }
+        let batch = inner.take_batch(out, &mut outbound, usize::MAX);
         // After taking the publishes, before writing them: a subscription
         // made before any of them (on any thread) goes out first.
         let mut frames: Vec<bytes::Bytes> = Vec::new();
-        if version.is_none_or(|v| inner.changed_since(v)) {
-            let (wanted, now) = inner.wanted();
-            for topic in wanted.difference(&told) {
-                frames.push(wire::subscribe(topic));
-            }
-            for topic in told.difference(&wanted) {
-                frames.push(wire::unsubscribe(topic));
-            }
-            told = wanted;
-            version = Some(now);
+        if told.stale(&inner) {
+            let change = told.change(&inner);
+            frames.extend(change.add.iter().map(|topic| wire::subscribe(topic)));
+            frames.extend(change.remove.iter().map(|topic| wire::unsubscribe(topic)));
+            told.settle(change);
         }
-        frames.extend(publishes);
+        frames.extend(
+            batch
+                .publishes
+                .iter()
+                .map(|(topic, message)| wire::publish(topic, message)),
+        );
         let mut written = true;
         for frame in frames {
             if sink.feed(frame).await.is_err() {
@@ -117,30 +97,21 @@ async fn write_loop(
             }
         }
         if !written || SinkExt::<Bytes>::flush(&mut sink).await.is_err() {
-            inner.count_lost(count);
+            inner.count_lost(batch.count());
             inner.set_connected(false);
             tracing::error!(
                 "pub/sub: cannot write to the hub; messages reach this worker's subscribers only"
             );
             return discard(inner, outbound).await;
         }
-        for done in flushed {
-            let _ = done.send(());
-        }
+        batch.written();
     }
 }
 
-/// With no hub: counts what would have left this worker as lost.
+/// With no hub (or no Redis): counts what would have left this worker as
+/// lost.
 pub(super) async fn discard(inner: Arc<Inner>, mut outbound: mpsc::UnboundedReceiver<Out>) {
     while let Some(out) = outbound.recv().await {
-        match out {
-            Out::Publish { topic, message } => {
-                inner.dequeued(&topic, &message);
-                inner.count_lost(1);
-            }
-            Out::Flush(done) => {
-                let _ = done.send(());
-            }
-        }
+        inner.discard(out);
     }
 }

@@ -120,6 +120,66 @@ pub(crate) enum Out {
     Flush(oneshot::Sender<()>),
 }
 
+/// The topics a link has told its backend it wants, as of which version
+/// of the worker's topics: one link, one `Told`.
+#[derive(Default)]
+struct Told {
+    topics: HashSet<Arc<str>>,
+    version: Option<u64>,
+}
+
+/// What a link must tell its backend to match the worker's topics now.
+struct Change {
+    add: Vec<Arc<str>>,
+    remove: Vec<Arc<str>>,
+    topics: HashSet<Arc<str>>,
+    version: u64,
+}
+
+impl Told {
+    /// Whether the worker's topics changed since they were last told.
+    fn stale(&self, inner: &Inner) -> bool {
+        self.version.is_none_or(|v| inner.changed_since(v))
+    }
+
+    fn change(&self, inner: &Inner) -> Change {
+        let (topics, version) = inner.wanted();
+        Change {
+            add: topics.difference(&self.topics).cloned().collect(),
+            remove: self.topics.difference(&topics).cloned().collect(),
+            topics,
+            version,
+        }
+    }
+
+    /// Records `change` as told (once the backend has it).
+    fn settle(&mut self, change: Change) {
+        self.topics = change.topics;
+        self.version = Some(change.version);
+    }
+}
+
+/// Publishes taken off the queue together, with the flushes among them
+/// (answered once they are written).
+#[derive(Default)]
+struct Batch {
+    publishes: Vec<(Arc<str>, Bytes)>,
+    flushed: Vec<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    fn count(&self) -> u64 {
+        self.publishes.len() as u64
+    }
+
+    /// Tells the flushes everything before them is out.
+    fn written(self) {
+        for done in self.flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
 struct Outbound {
     tx: mpsc::UnboundedSender<Out>,
     /// Bytes queued in `tx`, kept under [`OUTBOUND_BUDGET`].
@@ -326,6 +386,49 @@ impl Inner {
         if let Some(out) = &self.outbound {
             out.queued
                 .fetch_sub(message.len() + topic.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// `first` and whatever else is queued now, up to `limit` publishes,
+    /// taken off the queue (its budget released) in order.
+    fn take_batch(
+        &self,
+        first: Option<Out>,
+        outbound: &mut mpsc::UnboundedReceiver<Out>,
+        limit: usize,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        let mut next = first;
+        loop {
+            match next {
+                Some(Out::Publish { topic, message }) => {
+                    self.dequeued(&topic, &message);
+                    batch.publishes.push((topic, message));
+                }
+                Some(Out::Flush(done)) => batch.flushed.push(done),
+                None => {}
+            }
+            if batch.publishes.len() >= limit {
+                return batch;
+            }
+            match outbound.try_recv() {
+                Ok(more) => next = Some(more),
+                Err(_) => return batch,
+            }
+        }
+    }
+
+    /// What a link without a backend does with a queued item: a publish is
+    /// lost (counted), a flush is answered at once.
+    fn discard(&self, out: Out) {
+        match out {
+            Out::Publish { topic, message } => {
+                self.dequeued(&topic, &message);
+                self.count_lost(1);
+            }
+            Out::Flush(done) => {
+                let _ = done.send(());
+            }
         }
     }
 

@@ -14,7 +14,6 @@
 //! and what was published meanwhile is counted as lost and logged when the
 //! link is back.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
-use super::{Inner, Out};
+use super::{Inner, Out, Told};
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(5);
@@ -117,24 +116,12 @@ async fn run(inner: Arc<Inner>, url: String, mut outbound: mpsc::UnboundedReceiv
             tokio::select! {
                 () = &mut pause => break,
                 out = outbound.recv() => match out {
-                    Some(out) => discard_one(&inner, out),
+                    Some(out) => inner.discard(out),
                     None => return,
                 },
             }
         }
         delay = (delay * 2).min(LAST_RETRY);
-    }
-}
-
-fn discard_one(inner: &Inner, out: Out) {
-    match out {
-        Out::Publish { topic, message } => {
-            inner.dequeued(&topic, &message);
-            inner.count_lost(1);
-        }
-        Out::Flush(done) => {
-            let _ = done.send(());
-        }
     }
 }
 
@@ -207,25 +194,11 @@ async fn session(
     }
 }
 
-/// What this connection is subscribed to, as of which topics version.
-#[derive(Default)]
-struct Told {
-    topics: HashSet<Arc<str>>,
-    version: Option<u64>,
-}
-
 async fn reconcile(inner: &Inner, sink: &mut PubSubSink, told: &mut Told) -> Result<(), String> {
-    let (wanted, version) = inner.wanted();
-    let add: Vec<String> = wanted
-        .difference(&told.topics)
-        .map(|t| channel(t))
-        .collect();
-    let remove: Vec<String> = told
-        .topics
-        .difference(&wanted)
-        .map(|t| channel(t))
-        .collect();
-    let change = async {
+    let change = told.change(inner);
+    let add: Vec<String> = change.add.iter().map(|t| channel(t)).collect();
+    let remove: Vec<String> = change.remove.iter().map(|t| channel(t)).collect();
+    let sent = async {
         if !add.is_empty() {
             sink.subscribe(&add).await?;
         }
@@ -234,10 +207,9 @@ async fn reconcile(inner: &Inner, sink: &mut PubSubSink, told: &mut Told) -> Res
         }
         Ok::<(), redis::RedisError>(())
     };
-    match tokio::time::timeout(PATIENCE, change).await {
+    match tokio::time::timeout(PATIENCE, sent).await {
         Ok(Ok(())) => {
-            told.topics = wanted;
-            told.version = Some(version);
+            told.settle(change);
             Ok(())
         }
         Ok(Err(e)) => Err(e.to_string()),
@@ -259,30 +231,19 @@ async fn publish(
     first: Out,
     outbound: &mut mpsc::UnboundedReceiver<Out>,
 ) -> Result<(), String> {
+    let batch = inner.take_batch(Some(first), outbound, BATCH);
+    let count = batch.count();
     let mut pipe = redis::pipe();
-    let mut count = 0u64;
-    let mut flushed = Vec::new();
-    let mut next = Some(first);
-    while let Some(out) = next.take() {
-        match out {
-            Out::Publish { topic, message } => {
-                inner.dequeued(&topic, &message);
-                let mut payload = Vec::with_capacity(inner.node.len() + message.len());
-                payload.extend_from_slice(inner.node.as_bytes());
-                payload.extend_from_slice(&message);
-                pipe.cmd("PUBLISH")
-                    .arg(channel(&topic))
-                    .arg(payload)
-                    .ignore();
-                count += 1;
-            }
-            Out::Flush(done) => flushed.push(done),
-        }
-        if count < BATCH as u64 {
-            next = outbound.try_recv().ok();
-        }
+    for (topic, message) in &batch.publishes {
+        let mut payload = Vec::with_capacity(inner.node.len() + message.len());
+        payload.extend_from_slice(inner.node.as_bytes());
+        payload.extend_from_slice(message);
+        pipe.cmd("PUBLISH")
+            .arg(channel(topic))
+            .arg(payload)
+            .ignore();
     }
-    if told.version.is_none_or(|v| inner.changed_since(v)) {
+    if told.stale(inner) {
         if let Err(e) = reconcile(inner, sink, told).await {
             inner.count_lost(count);
             return Err(e);
@@ -301,9 +262,7 @@ async fn publish(
             }
         }
     }
-    for done in flushed {
-        let _ = done.send(());
-    }
+    batch.written();
     Ok(())
 }
 

@@ -395,16 +395,25 @@ impl Server {
     /// Polls `/health` over new connections until `n` distinct worker pids
     /// have answered; returns them.
     pub fn distinct_health_pids(&self, n: usize) -> Vec<u64> {
-        let mut seen = std::collections::BTreeSet::new();
+        self.health_of_workers(n).into_keys().collect()
+    }
+
+    /// Polls `/health` over new connections until `n` distinct workers have
+    /// answered; each one's latest answer, by pid.
+    pub fn health_of_workers(
+        &self,
+        n: usize,
+    ) -> std::collections::BTreeMap<u64, serde_json::Value> {
+        let mut seen = std::collections::BTreeMap::new();
         eventually(&format!("{n} distinct workers answering"), PATIENCE, || {
             if let Ok(r) = self.get("/health") {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) {
                     if let Some(pid) = v["pid"].as_u64() {
-                        seen.insert(pid);
+                        seen.insert(pid, v);
                     }
                 }
             }
-            (seen.len() >= n).then(|| seen.iter().copied().collect())
+            (seen.len() >= n).then(|| seen.clone())
         })
     }
 }

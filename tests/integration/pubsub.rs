@@ -783,15 +783,13 @@ impl Drop for Redis {
     }
 }
 
-/// Every worker's `/health` pub/sub figures, by pid.
+/// Every worker's `/health` pub/sub figures.
 fn pubsub_of(server: &Server, workers: usize) -> Vec<serde_json::Value> {
-    let mut seen: HashMap<u64, serde_json::Value> = HashMap::new();
-    eventually("every worker's /health", PATIENCE, || {
-        let health = server.health();
-        seen.insert(health["pid"].as_u64().unwrap(), health["pubsub"].clone());
-        (seen.len() >= workers).then_some(())
-    });
-    seen.into_values().collect()
+    server
+        .health_of_workers(workers)
+        .into_values()
+        .map(|health| health["pubsub"].clone())
+        .collect()
 }
 
 #[test]
