@@ -154,7 +154,12 @@ fn serve(cli: &Cli) -> Result<Exit, StartError> {
     let config = config_or_wait(&loader)?;
     // Before any thread exists: listenfd edits the environment.
     let exe = worker_executable().map_err(StartError::Executable)?;
-    let sockets = listen::open(config.bind_addr(), config.backlog, config.reuse_port)?;
+    let sockets = listen::open(
+        &config.bind_target(),
+        config.backlog,
+        config.reuse_port,
+        config.unix_mode(),
+    )?;
     logging::init(
         config.log_level,
         config.log_format,

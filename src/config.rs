@@ -5,7 +5,6 @@
 //! environment variable, or the command line), because "invalid value" alone
 //! leaves an operator guessing which of four places to fix.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -59,8 +58,12 @@ pub enum LogFormat {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to bind when systemd passes no socket (`LISTEN_FDS` unset).
+    /// Address to bind when systemd passes no socket (`LISTEN_FDS` unset):
+    /// `host:port`, or `unix:/path/to.sock`.
     pub bind: String,
+    /// Permissions of the socket file `bind = "unix:…"` creates, in octal:
+    /// owner and group (put nginx's user in the group) by default.
+    pub unix_socket_mode: String,
     /// Listen backlog used when ferricorn binds the socket itself.
     pub backlog: u32,
     /// When ferricorn binds itself: one `SO_REUSEPORT` socket per worker
@@ -107,6 +110,14 @@ pub struct Config {
     pub memory_max: ByteSize,
     /// One log event per request.
     pub access_log: bool,
+    /// How an access line reads: Gunicorn's atoms (`%(h)s` client,
+    /// `%(r)s` request line, `%(s)s` status, `%(b)s` size, …) plus `%(w)s`
+    /// the worker; the journal also gets each part as a field.
+    pub access_log_format: String,
+    /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed
+    /// (Gunicorn's key): addresses or networks, comma-separated, or `*`.
+    /// A Unix-socket peer is always trusted.
+    pub forwarded_allow_ips: crate::proxy::AllowIps,
     /// Least severe level logged.
     pub log_level: LogLevel,
     /// Line format on stderr (the journal always gets structured fields).
@@ -138,6 +149,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bind: "127.0.0.1:8097".to_owned(),
+            unix_socket_mode: "0660".to_owned(),
             backlog: DEFAULT_BACKLOG,
             reuse_port: false,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -158,6 +170,8 @@ impl Default for Config {
             memory_high: ByteSize(0),
             memory_max: ByteSize(0),
             access_log: true,
+            access_log_format: crate::worker::DEFAULT_ACCESS_LOG_FORMAT.to_owned(),
+            forwarded_allow_ips: crate::proxy::AllowIps::default(),
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             pubsub_url: EMBEDDED.to_owned(),
@@ -167,13 +181,21 @@ impl Default for Config {
 }
 
 impl Config {
-    /// `bind` as a socket address.
+    /// `bind` as a TCP address or Unix socket path.
     ///
     /// # Panics
-    /// On a `bind` that is not an address, which [`Loader::load`] refuses:
-    /// only a `Config` built by hand can have one.
-    pub fn bind_addr(&self) -> SocketAddr {
+    /// On a `bind` that is neither, which [`Loader::load`] refuses: only a
+    /// `Config` built by hand can have one.
+    pub fn bind_target(&self) -> crate::listen::Bind {
         self.bind.parse().expect("bind was validated at load")
+    }
+
+    /// `unix_socket_mode` as permission bits.
+    ///
+    /// # Panics
+    /// On a mode [`Loader::load`] refuses.
+    pub fn unix_mode(&self) -> u32 {
+        parse_mode(&self.unix_socket_mode).expect("unix_socket_mode was validated at load")
     }
 
     /// The config as `check-config` prints it: TOML that loads back to the
@@ -252,11 +274,11 @@ impl Config {
     /// The checks serde's types cannot express, as (key, problem) pairs.
     fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if self.bind.parse::<SocketAddr>().is_err() {
-            out.push((
-                "bind",
-                format!("{:?} is not an address like 127.0.0.1:8097", self.bind),
-            ));
+        if let Err(problem) = self.bind.parse::<crate::listen::Bind>() {
+            out.push(("bind", problem));
+        }
+        if let Err(problem) = parse_mode(&self.unix_socket_mode) {
+            out.push(("unix_socket_mode", problem));
         }
         let at_least_one = [
             ("workers", self.workers),
@@ -291,6 +313,9 @@ impl Config {
                     format!("{value} is not a number of seconds from {MIN_SECONDS} to {MAX_SECONDS}{off}"),
                 ));
             }
+        }
+        if let Err(problem) = crate::worker::AccessFormat::parse(&self.access_log_format) {
+            out.push(("access_log_format", problem));
         }
         if let Err((key, problem)) = self.pubsub() {
             out.push((key, problem));
@@ -336,6 +361,14 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// Octal permission bits such as `0660`.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text.trim(), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("{text:?} is not octal permissions like 0660")),
     }
 }
 

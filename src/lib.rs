@@ -15,6 +15,7 @@
 //! - [`control`]: the supervisor ↔ worker line protocol.
 //! - [`exit`]: every exit code, and why a start fails.
 //! - [`logging`]: journald or stderr.
+//! - [`proxy`]: the client behind a proxy (`forwarded_allow_ips`, [`proxy::Client`]).
 //! - [`pubsub`]: messages across workers and hosts (`ctx.pubsub`).
 //! - [`sys`]: the raw OS calls, each wrapped once.
 
@@ -25,6 +26,7 @@ pub mod control;
 pub mod exit;
 pub mod listen;
 pub mod logging;
+pub mod proxy;
 pub mod pubsub;
 pub mod supervisor;
 pub mod sys;

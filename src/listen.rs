@@ -1,11 +1,16 @@
 //! Listening sockets: taken from systemd (`LISTEN_FDS`, `LISTEN_PID`,
-//! `LISTEN_FDNAMES`, sd_listen_fds(3)) or, without them, bound from `bind`.
+//! `LISTEN_FDNAMES`, sd_listen_fds(3)) or, without them, bound from `bind`:
+//! TCP, or a Unix-domain stream socket (`ListenStream=/run/…/x.sock`,
+//! `bind = "unix:/path"`), which is how nginx reaches an upstream on the
+//! same host without a port.
 //!
 //! Called before any thread exists, because listenfd removes the variables
 //! from the environment and `remove_var` is only sound single-threaded.
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -14,12 +19,48 @@ use crate::sys;
 /// First descriptor systemd passes (sd_listen_fds(3): `SD_LISTEN_FDS_START`).
 const SD_LISTEN_FDS_START: RawFd = 3;
 
-/// One listening socket with the name systemd gave it (`FileDescriptorName=`),
-/// or its address when ferricorn bound it.
+/// One listening socket (TCP or Unix) with the name systemd gave it
+/// (`FileDescriptorName=`), or its address when ferricorn bound it.
 #[derive(Debug)]
 pub struct Listener {
     pub name: String,
-    pub socket: TcpListener,
+    pub socket: Socket,
+}
+
+/// What `bind` names: a TCP address, or `unix:/path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Bind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Bind, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = Path::new(path);
+            if !path.is_absolute() {
+                return Err(format!("{s:?}: a Unix socket's path must be absolute, like unix:/run/ferricorn/ferricorn.sock"));
+            }
+            // sun_path holds 108 bytes with its terminating NUL.
+            if path.as_os_str().len() > 107 {
+                return Err(format!("{s:?}: a Unix socket's path is at most 107 bytes"));
+            }
+            return Ok(Bind::Unix(path.to_owned()));
+        }
+        s.parse::<SocketAddr>().map(Bind::Tcp).map_err(|_| {
+            format!("{s:?} is not an address like 127.0.0.1:8097 nor unix:/path/to.sock")
+        })
+    }
+}
+
+impl std::fmt::Display for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Tcp(addr) => addr.fmt(f),
+            Bind::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +78,9 @@ pub enum ListenError {
         problem: String,
     },
     #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: Bind, source: std::io::Error },
+    #[error("cannot bind {0}: another process is listening on it")]
+    InUse(Bind),
     #[error("cannot move a listener above descriptor {floor}: {0} (is the open-files limit, LimitNOFILE=, that low?)", floor = sys::INHERIT_FLOOR)]
     Lift(std::io::Error),
     #[error("cannot read the bound socket's address: {0}")]
@@ -63,15 +103,21 @@ pub enum Origin {
 /// Malformed `LISTEN_*` values, a passed descriptor that is not a listening
 /// TCP stream socket, or a failed bind.
 fn listeners(
-    bind: SocketAddr,
+    bind: &Bind,
     backlog: u32,
     reuse_port: bool,
+    mode: u32,
 ) -> Result<(Vec<Listener>, Origin), ListenError> {
-    match from_systemd()? {
-        Some(listeners) => Ok((listeners, Origin::Systemd)),
-        None => Ok((
-            vec![bind_one(bind, backlog, reuse_port)?],
+    match (from_systemd()?, bind) {
+        (Some(listeners), _) => Ok((listeners, Origin::Systemd)),
+        (None, Bind::Tcp(addr)) => Ok((
+            vec![bind_one(*addr, backlog, reuse_port)?],
             Origin::Bound { reuse_port },
+        )),
+        // One socket file, one queue: SO_REUSEPORT has no meaning here.
+        (None, Bind::Unix(path)) => Ok((
+            vec![bind_unix(path, backlog, mode)?],
+            Origin::Bound { reuse_port: false },
         )),
     }
 }
@@ -81,8 +127,13 @@ fn listeners(
 ///
 /// # Errors
 /// As [`listeners`], or a descriptor table too small to lift into.
-pub fn open(bind: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Sockets, ListenError> {
-    let (listeners, origin) = listeners(bind, backlog, reuse_port)?;
+pub fn open(
+    bind: &Bind,
+    backlog: u32,
+    reuse_port: bool,
+    mode: u32,
+) -> Result<Sockets, ListenError> {
+    let (listeners, origin) = listeners(bind, backlog, reuse_port, mode)?;
     let lifted = listeners
         .into_iter()
         .map(lift)
@@ -152,13 +203,28 @@ fn from_systemd() -> Result<Option<Vec<Listener>>, ListenError> {
         if !sys::fd_is_open(fd) {
             return Err(bad("not an open descriptor".into()));
         }
-        let socket = fds
-            .take_tcp_listener(idx)
-            .map_err(|e| bad(format!("{e}; expected a TCP stream socket")))?
+        let raw = fds
+            .take_raw_fd(idx)
+            .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad("already taken".into()))?;
+        // SAFETY: systemd passed `raw` to this process (checked open above)
+        // and listenfd has handed its number over to us alone.
+        let socket = unsafe { Socket::from_raw_fd(raw) };
+        let kind = socket
+            .r#type()
+            .map_err(|e| bad(format!("not a socket ({e})")))?;
+        let family = socket.domain().ok();
+        if kind != Type::STREAM
+            || !matches!(family, Some(Domain::IPV4 | Domain::IPV6 | Domain::UNIX))
+        {
+            return Err(bad(
+                "expected a TCP or Unix stream socket (ListenStream=)".into()
+            ));
+        }
         if !sys::is_listening(socket.as_raw_fd()) {
             return Err(bad(
-                "a TCP socket that is not listening (ListenStream= gives a listening one)".into(),
+                "a stream socket that is not listening (ListenStream= gives a listening one)"
+                    .into(),
             ));
         }
         out.push(Listener { name, socket });
@@ -173,7 +239,10 @@ fn from_systemd() -> Result<Option<Vec<Listener>>, ListenError> {
 /// # Errors
 /// The socket calls failing, usually the address being in use.
 fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Listener, ListenError> {
-    let err = |source| ListenError::Bind { addr, source };
+    let err = |source| ListenError::Bind {
+        addr: Bind::Tcp(addr),
+        source,
+    };
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
     // A restart must not wait out TIME_WAIT on the port.
@@ -185,10 +254,60 @@ fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Listener
     socket
         .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
         .map_err(err)?;
-    let socket: TcpListener = socket.into();
     // The bound address, so `bind = "127.0.0.1:0"` logs the port it got.
-    let name = socket.local_addr().map_err(err)?.to_string();
+    let name = match socket.local_addr().map_err(err)?.as_socket() {
+        Some(bound) => bound.to_string(),
+        None => addr.to_string(),
+    };
     Ok(Listener { name, socket })
+}
+
+/// Binds and listens on a Unix socket at `path`, its file given `mode`
+/// (`unix_socket_mode`; the directory must exist).
+///
+/// A file left at `path` by a process that is gone (a crash, a `kill -9`:
+/// nothing removes the file then) is removed first; one that a live
+/// process still listens on is not, and the start fails, as binding a TCP
+/// port in use does.
+///
+/// # Errors
+/// The path is taken by a live listener or by something that is not a
+/// socket, or a socket call failed.
+fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, ListenError> {
+    let addr = Bind::Unix(path.to_owned());
+    let err = |source| ListenError::Bind {
+        addr: addr.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ListenError::InUse(addr));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+    socket
+        .bind(&socket2::SockAddr::unix(path).map_err(err)?)
+        .map_err(err)?;
+    // Before listen: no connection is accepted under the umask's mode.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    socket
+        .listen(i32::try_from(backlog).unwrap_or(i32::MAX))
+        .map_err(err)?;
+    Ok(Listener {
+        name: addr.to_string(),
+        socket,
+    })
 }
 
 /// Moves a listener above the fixed descriptor range workers receive, so
@@ -198,14 +317,12 @@ fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Listener
 /// # Errors
 /// `fcntl(F_DUPFD_CLOEXEC)` failing (descriptor table full).
 fn lift(listener: Listener) -> Result<Listener, ListenError> {
-    let raw = listener.socket.into_raw_fd();
-    // SAFETY: `raw` came from `into_raw_fd`, so we own it and close it once.
-    let original = unsafe { OwnedFd::from_raw_fd(raw) };
+    let original = OwnedFd::from(listener.socket);
     let lifted =
         sys::dup_above(original.as_raw_fd(), sys::INHERIT_FLOOR).map_err(ListenError::Lift)?;
     Ok(Listener {
         name: listener.name,
-        socket: TcpListener::from(lifted),
+        socket: Socket::from(lifted),
     })
 }
 
@@ -245,7 +362,12 @@ impl Sockets {
         let first = listeners.remove(0);
         // The address actually bound, so `bind = "…:0"` gives every slot the
         // same port.
-        let addr = first.socket.local_addr().map_err(ListenError::LocalAddr)?;
+        let addr = first
+            .socket
+            .local_addr()
+            .map_err(ListenError::LocalAddr)?
+            .as_socket()
+            .ok_or_else(|| ListenError::LocalAddr(std::io::Error::other("not a TCP socket")))?;
         Ok(Sockets::PerSlot {
             addr,
             backlog,

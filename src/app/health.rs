@@ -3,7 +3,10 @@
 //! new across a reload; this worker's counters; its pub/sub backend and
 //! whether it is reachable ("degraded" is still a 200: the worker serves,
 //! its messages reach this worker only); and the supervisor's live
-//! figures (the same as its `STATUS=`), relayed every few seconds.
+//! figures (the same as its `STATUS=`), relayed every few seconds. It also
+//! says who it thinks the client is ([`Client`]: behind a trusted proxy,
+//! the address and scheme the proxy named), which shows at once whether
+//! `forwarded_allow_ips` fits the proxy in front.
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::control::{Counters, SupervisorStatus};
+use crate::proxy::{Client, Scheme};
 use crate::worker::WorkerContext;
 
 /// The answer, typed: serialised straight to bytes, with no intermediate
@@ -25,12 +29,15 @@ pub struct Health<'a> {
     pid: u32,
     worker: usize,
     generation: u64,
+    /// The client's address (`unix` for a local peer that named none).
+    client: String,
+    scheme: Scheme,
     counters: Counters,
     pubsub: crate::pubsub::Health,
     supervisor: Option<Arc<SupervisorStatus>>,
 }
 
-pub async fn health(State(ctx): State<WorkerContext>) -> Response {
+pub async fn health(State(ctx): State<WorkerContext>, client: Client) -> Response {
     let id = &ctx.identity;
     Json(Health {
         status: "healthy",
@@ -39,6 +46,8 @@ pub async fn health(State(ctx): State<WorkerContext>) -> Response {
         pid: id.pid,
         worker: id.slot,
         generation: id.generation,
+        client: client.to_string(),
+        scheme: client.scheme,
         counters: ctx.counters(),
         pubsub: ctx.pubsub.health(),
         supervisor: ctx.supervisor_status(),

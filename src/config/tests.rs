@@ -137,3 +137,28 @@ fn passwords_are_masked_wherever_a_redis_url_carries_them() {
     assert_eq!(redact_url("redis://host:6379/"), "redis://host:6379/");
     assert_eq!(redact_url("embedded"), "embedded");
 }
+
+#[test]
+fn proxy_and_socket_keys_are_checked_at_load() {
+    let c = Config::default();
+    assert_eq!(c.forwarded_allow_ips.to_string(), "127.0.0.1,::1");
+    assert_eq!(c.unix_socket_mode, "0660");
+    assert!(problem_keys(|c| c.bind = "unix:/run/x/f.sock".into()).is_empty());
+    assert_eq!(problem_keys(|c| c.bind = "unix:f.sock".into()), ["bind"]);
+    assert_eq!(
+        problem_keys(|c| c.bind = format!("unix:/{}", "x".repeat(120))),
+        ["bind"]
+    );
+    assert_eq!(
+        problem_keys(|c| c.unix_socket_mode = "0999".into()),
+        ["unix_socket_mode"]
+    );
+    assert_eq!(
+        problem_keys(|c| c.unix_socket_mode = "1777".into()),
+        ["unix_socket_mode"]
+    );
+    assert_eq!(
+        problem_keys(|c| c.access_log_format = "%(h)s %(zz)s".into()),
+        ["access_log_format"]
+    );
+}

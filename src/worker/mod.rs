@@ -12,7 +12,6 @@ mod head;
 mod server;
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener as StdTcpListener;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use tokio::net::UnixStream;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+pub use access::{Format as AccessFormat, DEFAULT_FORMAT as DEFAULT_ACCESS_LOG_FORMAT};
 pub use drain::{Drain, DrainReason, CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART};
 use drain::{Kind, Open, Stats};
 
@@ -185,10 +185,16 @@ pub fn run(args: WorkerArgs, app: App) -> Exit {
     }
 }
 
+/// An inherited listening socket, by family.
+enum Inherited {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
 type Booted = (
     Config,
     std::os::unix::net::UnixStream,
-    Vec<StdTcpListener>,
+    Vec<Inherited>,
     Option<std::os::unix::net::UnixStream>,
 );
 
@@ -217,11 +223,16 @@ fn boot(args: &WorkerArgs) -> Result<Booted, String> {
         sys::set_cloexec(fd).map_err(|e| format!("listener {fd}: {e}"))?;
         // SAFETY: the supervisor placed a listening socket at `fd` (checked
         // above) and this process takes sole ownership of the number.
-        let listener = unsafe { StdTcpListener::from_raw_fd(fd) };
-        listener
+        let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
+        socket
             .set_nonblocking(true)
             .map_err(|e| format!("listener {fd}: {e}"))?;
-        listeners.push(listener);
+        let unix =
+            socket.domain().map_err(|e| format!("listener {fd}: {e}"))? == socket2::Domain::UNIX;
+        listeners.push(match unix {
+            true => Inherited::Unix(std::os::fd::OwnedFd::from(socket).into()),
+            false => Inherited::Tcp(std::os::fd::OwnedFd::from(socket).into()),
+        });
     }
     control
         .set_nonblocking(true)
@@ -262,7 +273,7 @@ async fn serve(
     args: WorkerArgs,
     config: Config,
     control: std::os::unix::net::UnixStream,
-    listeners: Vec<StdTcpListener>,
+    listeners: Vec<Inherited>,
     hub: Option<std::os::unix::net::UnixStream>,
     app: App,
 ) -> Exit {
@@ -284,7 +295,10 @@ async fn serve(
     let (to_supervisor, mut outbox) = mpsc::unbounded_channel::<WorkerMessage>();
     let worker_connections = config.worker_connections;
     let access_log = match config.access_log {
-        true => match access::AccessLog::start() {
+        true => match access::Format::parse(&config.access_log_format)
+            .map_err(std::io::Error::other)
+            .and_then(|format| access::AccessLog::start(format, args.slot, args.generation))
+        {
             Ok(log) => Some(Arc::new(log)),
             Err(e) => {
                 tracing::error!("cannot start the access-log thread: {e}; access log off");
@@ -376,10 +390,16 @@ async fn serve(
     let router = app(ctx.clone());
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
-        match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => {
-                accept_loops.spawn(server::accept_loop(listener, ctx.clone(), router.clone()));
-            }
+        let registered = match listener {
+            Inherited::Tcp(l) => tokio::net::TcpListener::from_std(l).map(|l| {
+                accept_loops.spawn(server::accept_loop(l, ctx.clone(), router.clone()));
+            }),
+            Inherited::Unix(l) => tokio::net::UnixListener::from_std(l).map(|l| {
+                accept_loops.spawn(server::accept_loop(l, ctx.clone(), router.clone()));
+            }),
+        };
+        match registered {
+            Ok(()) => {}
             Err(e) => {
                 tracing::error!("cannot register listener: {e}");
                 return Exit::BootFailure;

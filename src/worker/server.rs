@@ -7,7 +7,6 @@
 //! heads; and it drains with the worker.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,15 +17,17 @@ use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tower::Service;
 
 use super::access::AccessRecord;
 use super::head::{Inspected, Limits, Verdicts};
 use super::WorkerContext;
+use crate::proxy::Peer;
 
 /// First pause after an accept error that a retry cannot fix at once
 /// (descriptor table full, no memory); doubles up to [`ACCEPT_BACKOFF_MAX`].
@@ -49,9 +50,35 @@ struct Activity {
     started: Notify,
 }
 
+/// A listening socket a worker accepts on: TCP or Unix, served alike.
+pub trait Accept: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Stream, Peer)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept(&self) -> std::io::Result<(TcpStream, Peer)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        // Responses are small; waiting for Nagle costs a round trip.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Peer::Tcp(peer)))
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn accept(&self) -> std::io::Result<(UnixStream, Peer)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, Peer::Unix))
+    }
+}
+
 /// Accepts until the worker drains; each connection runs on the drain's
 /// tracker so the worker waits for it.
-pub async fn accept_loop(listener: TcpListener, ctx: WorkerContext, router: Router) {
+pub async fn accept_loop<L: Accept>(listener: L, ctx: WorkerContext, router: Router) {
     let slots = ctx.slots.clone();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut last_error_log: Option<Instant> = None;
@@ -109,10 +136,13 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     )
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContext, router: Router) {
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    peer: Peer,
+    ctx: WorkerContext,
+    router: Router,
+) {
     let _open = ctx.open_connection();
-    // Responses are small; waiting for Nagle costs a round trip.
-    let _ = stream.set_nodelay(true);
     let keepalive = Duration::from_secs_f64(ctx.config.keepalive);
     let limits = Limits {
         line: ctx.config.limit_request_line,
@@ -142,10 +172,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
                 return Ok(closing(status));
             }
             let started = Instant::now();
-            let (method, path) = match ctx.access_log {
-                Some(_) => (request.method().clone(), request.uri().path().to_owned()),
-                None => (Method::GET, String::new()),
-            };
+            let client = ctx
+                .config
+                .forwarded_allow_ips
+                .client(peer, request.headers());
+            let head = ctx.access_log.as_ref().map(|log| log.head(&request));
+            let mut request = request;
+            request.extensions_mut().insert(client);
             let upgrade = request.headers().contains_key(header::UPGRADE);
             let mut response = match AssertUnwindSafe(router.call(request)).catch_unwind().await {
                 Ok(response) => response?,
@@ -154,13 +187,14 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, ctx: WorkerContex
             };
             activity.in_flight.store(false, Ordering::SeqCst);
             ctx.request_done();
-            if let Some(log) = &ctx.access_log {
+            if let (Some(log), Some(head)) = (&ctx.access_log, head) {
                 log.record(AccessRecord {
-                    method,
-                    path,
+                    head,
                     status: response.status().as_u16(),
+                    size: hyper::body::Body::size_hint(response.body()).exact(),
                     duration_us: started.elapsed().as_micros() as u64,
-                    peer,
+                    client,
+                    at: std::time::SystemTime::now(),
                 });
             }
             // This response is the connection's last when the worker is

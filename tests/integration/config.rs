@@ -277,3 +277,43 @@ fn the_redis_url_comes_from_a_credential_file_and_its_password_is_never_printed(
     );
     assert!(err.contains("FERRICORN_PUBSUB_URL"), "{err}");
 }
+
+#[test]
+fn proxy_keys_name_the_bad_entry_and_its_source() {
+    // Gunicorn's comma-separated string, or a TOML list.
+    let (_dir, path) = config_file("forwarded_allow_ips = [\"10.0.0.0/8\", \"proxy.local\"]\n");
+    let (code, err) = run(&["--config", &path, "check-config"], &[]);
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("forwarded_allow_ips")
+            && err.contains("\"proxy.local\"")
+            && err.contains(&path),
+        "{err}"
+    );
+    let (code, err) = run(
+        &["check-config"],
+        &[("FERRICORN_FORWARDED_ALLOW_IPS", "127.0.0.1,nope")],
+    );
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(err.contains("FERRICORN_FORWARDED_ALLOW_IPS"), "{err}");
+    let (code, err) = run(
+        &["check-config"],
+        &[("FERRICORN_ACCESS_LOG_FORMAT", "%(h)s %(Z)s")],
+    );
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("access_log_format: unknown atom %(Z)s"),
+        "{err}"
+    );
+    let (code, err) = run(&["--bind", "unix:relative.sock", "check-config"], &[]);
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(err.contains("bind") && err.contains("absolute"), "{err}");
+    // A valid list prints back as Gunicorn writes it.
+    let (_dir, path) = config_file("forwarded_allow_ips = [\"10.0.0.0/8\", \"192.0.2.1\"]\n");
+    let out = output(&["--config", &path, "check-config"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("forwarded_allow_ips = \"10.0.0.0/8,192.0.2.1\""),
+        "{text}"
+    );
+}

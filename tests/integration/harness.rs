@@ -3,7 +3,9 @@
 //! `NOTIFY_SOCKET` datagram socket the test reads. Everything is polled with
 //! deadlines; nothing sleeps for synchronisation.
 
+mod nginx;
 mod ws;
+pub use nginx::*;
 pub use ws::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -48,6 +50,9 @@ pub enum Socket {
     Activated,
     /// `serve` binds `bind` itself.
     SelfBound,
+    /// The test binds a Unix socket and passes it at fd 3, as a socket
+    /// unit with `ListenStream=/path` does ([`Server::unix_path`]).
+    ActivatedUnix,
 }
 
 pub struct Options {
@@ -86,7 +91,10 @@ impl Default for Options {
 
 pub struct Server {
     pub child: Child,
+    /// The TCP address (unused with [`Socket::ActivatedUnix`]).
     pub addr: SocketAddr,
+    /// The Unix socket's path, with [`Socket::ActivatedUnix`].
+    pub unix_path: Option<PathBuf>,
     /// The client connected before the server started, if asked for.
     pub queued_client: Option<TcpStream>,
     /// Holds the config and notify socket; removed when the server is dropped.
@@ -132,14 +140,26 @@ impl Server {
             .local_addr()
             .expect("addr");
         let self_bound = opts.socket == Socket::SelfBound;
+        // A test that names its own `bind` (a Unix socket) finds it itself.
+        let own_bind = opts.config.lines().any(|l| l.starts_with("bind ="));
         if self_bound {
+            listener = None;
+        }
+        if self_bound && !own_bind {
             // Port 0: the server binds a free port itself and logs it (no
             // bind-release-reuse race with other tests).
-            listener = None;
             addr.set_port(0);
             config.push_str(&format!("bind = \"{addr}\"\n"));
         }
         std::fs::write(&config_path, config).expect("write config");
+        let unix_path = dir.path().join("ferricorn.sock");
+        let unix_listener = match opts.socket {
+            Socket::ActivatedUnix => {
+                listener = None;
+                Some(std::os::unix::net::UnixListener::bind(&unix_path).expect("bind unix"))
+            }
+            _ => None,
+        };
         let queued_client = match (&listener, opts.queued_client) {
             (Some(_), true) => Some(TcpStream::connect(addr).expect("connect before start")),
             _ => None,
@@ -160,7 +180,7 @@ impl Server {
 
         let exe = opts.exe.clone().unwrap_or_else(|| PathBuf::from(BIN));
         let mut cmd = Command::new("sh");
-        let listen_env = if opts.socket == Socket::Activated {
+        let listen_env = if opts.socket != Socket::SelfBound {
             "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http "
         } else {
             ""
@@ -184,7 +204,10 @@ impl Server {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let listener_fd = listener.as_ref().map(AsRawFd::as_raw_fd);
+        let listener_fd = listener
+            .as_ref()
+            .map(AsRawFd::as_raw_fd)
+            .or(unix_listener.as_ref().map(AsRawFd::as_raw_fd));
         let nofile = opts.nofile;
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
@@ -206,6 +229,7 @@ impl Server {
         }
         let mut child = cmd.spawn().expect("spawn ferricorn");
         drop(listener);
+        drop(unix_listener);
         let log = Arc::new(Mutex::new(String::new()));
         let log_gate: Arc<Mutex<()>> = Arc::default();
         let stderr = child.stderr.take().expect("stderr piped");
@@ -224,7 +248,7 @@ impl Server {
                 log.push('\n');
             }
         });
-        if self_bound {
+        if self_bound && !own_bind {
             addr = eventually("the bound address in the start line", PATIENCE, || {
                 let log = log.lock().expect("log lock");
                 let rest = log.split("listeners=[\"").nth(1)?;
@@ -235,6 +259,7 @@ impl Server {
         Server {
             child,
             addr,
+            unix_path: (opts.socket == Socket::ActivatedUnix).then_some(unix_path),
             queued_client,
             _dir: dir,
             config_path,
@@ -532,6 +557,18 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
         .into_iter()
         .next()
         .ok_or_else(|| std::io::Error::other("no response"))
+}
+
+/// One request on a new connection to a Unix socket (`Connection: close`).
+pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<Response> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
 }
 
 /// One request on a new connection (`Connection: close`).

@@ -7,5 +7,6 @@ mod fuzz;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod proxy;
 mod pubsub;
 mod websocket;
