@@ -43,7 +43,34 @@ pub enum Command {
     /// Run the supervisor and its workers (what systemd's ExecStart= runs).
     Serve,
     /// Validate the config, print it resolved, exit non-zero if invalid.
-    CheckConfig,
+    CheckConfig {
+        /// Print nothing when the config is valid (errors still go to
+        /// stderr).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// One line per worker of the running service (slot, pid, generation,
+    /// state, age, requests, connections, WebSockets, memory), asked on
+    /// the control socket.
+    Status {
+        /// The supervisor's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rolling reload of the running service; with --wait, until the new
+    /// generation serves (exit 0) or the reload failed and the old one
+    /// still serves (exit 1, or 78 for an invalid config), as `systemctl
+    /// reload` runs it (`ExecReload=`).
+    Reload {
+        /// Wait for the outcome.
+        #[arg(long)]
+        wait: bool,
+        /// The supervisor's pid (`$MAINPID`): if it has no control socket
+        /// (an older version still running after an upgrade), the config
+        /// is checked and it is sent SIGHUP instead.
+        #[arg(long, value_name = "PID")]
+        pid: Option<u32>,
+    },
     /// Internal: a worker process, started by `serve`.
     #[command(hide = true)]
     Worker {
@@ -116,7 +143,9 @@ pub fn main(app: App) -> ExitCode {
             },
             app,
         ),
-        Command::CheckConfig => check_config(&cli),
+        Command::CheckConfig { quiet } => check_config(&cli, quiet),
+        Command::Status { json } => status(&cli, json),
+        Command::Reload { wait, pid } => reload(&cli, wait, pid),
         Command::Serve => serve(&cli).unwrap_or_else(|e| {
             logging::early(Early::Error, format_args!("{e}"));
             e.exit()
@@ -125,9 +154,10 @@ pub fn main(app: App) -> ExitCode {
     exit.into()
 }
 
-fn check_config(cli: &Cli) -> Exit {
+fn check_config(cli: &Cli, quiet: bool) -> Exit {
     let loader = cli.loader();
     match loader.load() {
+        Ok(_) if quiet => Exit::Success,
         Ok(config) => {
             println!(
                 "# resolved from defaults < {} < FERRICORN_* < flags",
@@ -141,6 +171,150 @@ fn check_config(cli: &Cli) -> Exit {
             Exit::Config
         }
     }
+}
+
+/// The control socket's path for a client: the config's `control_socket`
+/// (read alone, so an invalid config elsewhere still finds the socket and
+/// the supervisor can say what is wrong), else the default.
+fn control_path(cli: &Cli) -> std::path::PathBuf {
+    let key = cli.loader().control_socket();
+    crate::ctl::path_from(&key, true).unwrap_or_else(|| crate::ctl::DEFAULT_PATH.into())
+}
+
+fn status(cli: &Cli, json: bool) -> Exit {
+    let path = control_path(cli);
+    match crate::ctl::ask(
+        &path,
+        crate::ctl::Request::Status,
+        Some(Duration::from_secs(10)),
+    ) {
+        Ok(crate::ctl::Answer::Status(report)) if json => {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            Exit::Success
+        }
+        Ok(crate::ctl::Answer::Status(report)) => {
+            print!("{}", crate::ctl::render(&report));
+            Exit::Success
+        }
+        Ok(other) => {
+            eprintln!("ferricorn status: unexpected answer {other:?}");
+            Exit::Failure
+        }
+        Err(e) => {
+            eprintln!(
+                "ferricorn status: cannot reach the supervisor at {}: {e} (is the service running? root or the service user only)",
+                path.display()
+            );
+            Exit::Failure
+        }
+    }
+}
+
+/// Says `message` where an `ExecReload=` line's output lands: stderr,
+/// which systemd puts in the journal and `systemctl status`.
+fn say(priority: Early, message: std::fmt::Arguments<'_>) {
+    logging::early(priority, message);
+}
+
+fn reload(cli: &Cli, wait: bool, pid: Option<u32>) -> Exit {
+    use crate::ctl::{Answer, Request};
+    let path = control_path(cli);
+    if !wait {
+        // Ask and go: the supervisor reloads whether or not anyone waits.
+        return match std::os::unix::net::UnixStream::connect(&path)
+            .and_then(|mut s| std::io::Write::write_all(&mut s, b"reload\n"))
+        {
+            Ok(()) => Exit::Success,
+            Err(e) => fallback(cli, pid, &path, e),
+        };
+    }
+    match crate::ctl::ask(&path, Request::Reload, None) {
+        // Under systemd (`ExecReload=`) the supervisor's own journal line
+        // says the outcome; a second copy would be noise. At a terminal,
+        // this is the only place it shows.
+        Ok(Answer::Reloaded { from, to, took_ms }) => {
+            if !crate::sys::stderr_is_journal() {
+                say(
+                    Early::Notice,
+                    format_args!("reload {from}→{to} complete in {took_ms} ms"),
+                );
+            }
+            Exit::Success
+        }
+        Ok(Answer::ReloadFailed {
+            error,
+            config,
+            serving,
+        }) => {
+            if !crate::sys::stderr_is_journal() {
+                say(
+                    Early::Error,
+                    format_args!("reload failed: {error}; generation {serving} keeps serving"),
+                );
+            }
+            if config {
+                Exit::Config
+            } else {
+                Exit::Failure
+            }
+        }
+        Ok(Answer::Error { error }) => {
+            say(Early::Error, format_args!("reload refused: {error}"));
+            Exit::Failure
+        }
+        Ok(other) => {
+            say(
+                Early::Error,
+                format_args!("reload: unexpected answer {other:?}"),
+            );
+            Exit::Failure
+        }
+        Err(e) => fallback(cli, pid, &path, e),
+    }
+}
+
+/// No control socket answers: a supervisor from before it (still running
+/// the old binary after a package upgrade) is reloaded as it always was,
+/// a config check then SIGHUP, if its pid is known; its outcome cannot be
+/// reported.
+fn fallback(cli: &Cli, pid: Option<u32>, path: &std::path::Path, e: std::io::Error) -> Exit {
+    let unreachable = matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    );
+    // An invalid config fails the reload whoever would have run it (and a
+    // file that does not parse may be why the socket's path is unknown).
+    if let Err(config) = cli.loader().load() {
+        say(Early::Error, format_args!("reload refused: {config}"));
+        return Exit::Config;
+    }
+    let Some(pid) = pid.filter(|_| unreachable) else {
+        say(
+            Early::Error,
+            format_args!(
+                "reload: cannot reach the supervisor at {}: {e}",
+                path.display()
+            ),
+        );
+        return Exit::Failure;
+    };
+    // SAFETY: kill(2) with a pid systemd named as the service's main process.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        say(
+            Early::Error,
+            format_args!("reload: cannot signal pid {pid}: {e}"),
+        );
+        return Exit::Failure;
+    }
+    say(
+        Early::Warning,
+        format_args!(
+            "reload: no control socket at {} (a supervisor older than it is running); sent SIGHUP to {pid}, whose outcome is not reported: restart once to have it",
+            path.display()
+        ),
+    );
+    Exit::Success
 }
 
 /// How long a start with an invalid config waits for a fix while clients

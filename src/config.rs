@@ -122,6 +122,10 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Line format on stderr (the journal always gets structured fields).
     pub log_format: LogFormat,
+    /// The operator's control socket (`ferricorn status`, `ferricorn
+    /// reload`): a path, or empty for `$RUNTIME_DIRECTORY/control.sock`
+    /// under systemd and none outside it.
+    pub control_socket: String,
     /// Where pub/sub messages go beyond one worker: "embedded" (the
     /// supervisor's hub: every worker of this host) or a Redis URL
     /// (`redis://[:password@]host:port[/db]`, `redis+unix:///path`): every
@@ -174,6 +178,7 @@ impl Default for Config {
             forwarded_allow_ips: crate::proxy::AllowIps::default(),
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
+            control_socket: String::new(),
             pubsub_url: EMBEDDED.to_owned(),
             pubsub_url_file: None,
         }
@@ -503,6 +508,15 @@ impl Loader {
         Ok(figment
             .merge(Env::prefixed(ENV_PREFIX).split("__"))
             .merge(Serialized::globals(&self.overrides)))
+    }
+
+    /// `control_socket` alone, from whichever layer sets it, even when
+    /// other keys are invalid; empty if unset or unreadable.
+    pub fn control_socket(&self) -> String {
+        self.figment()
+            .ok()
+            .and_then(|f| f.extract_inner::<String>("control_socket").ok())
+            .unwrap_or_default()
     }
 
     /// Reads every layer and validates the result.

@@ -13,6 +13,7 @@
 //! - [`worker`]: `ferricorn worker`: serves the app on the inherited sockets.
 //! - [`app`]: the routes; the part a template user edits.
 //! - [`control`]: the supervisor ↔ worker line protocol.
+//! - [`ctl`]: the operator's control socket (`ferricorn status`, `reload`).
 //! - [`exit`]: every exit code, and why a start fails.
 //! - [`logging`]: journald or stderr.
 //! - [`proxy`]: the client behind a proxy (`forwarded_allow_ips`, [`proxy::Client`]).
@@ -23,6 +24,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod exit;
 pub mod listen;
 pub mod logging;

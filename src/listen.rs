@@ -227,6 +227,15 @@ fn from_systemd() -> Result<Option<Vec<Listener>>, ListenError> {
                     .into(),
             ));
         }
+        // The name and where it listens, for the start-up line.
+        let name = match socket.local_addr().ok() {
+            Some(addr) => match (addr.as_socket(), addr.as_pathname()) {
+                (Some(tcp), _) => format!("{name} ({tcp})"),
+                (None, Some(path)) => format!("{name} (unix:{})", path.display()),
+                _ => name,
+            },
+            None => name,
+        };
         out.push(Listener { name, socket });
     }
     Ok(Some(out))
@@ -263,12 +272,9 @@ fn bind_one(addr: SocketAddr, backlog: u32, reuse_port: bool) -> Result<Listener
 }
 
 /// Binds and listens on a Unix socket at `path`, its file given `mode`
-/// (`unix_socket_mode`; the directory must exist).
-///
-/// A file left at `path` by a process that is gone (a crash, a `kill -9`:
-/// nothing removes the file then) is removed first; one that a live
-/// process still listens on is not, and the start fails, as binding a TCP
-/// port in use does.
+/// (`unix_socket_mode`; the directory must exist). A stale socket file is
+/// replaced ([`remove_stale_socket`]); a live one fails the start, as
+/// binding a TCP port in use does.
 ///
 /// # Errors
 /// The path is taken by a live listener or by something that is not a
@@ -279,21 +285,11 @@ fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, ListenErr
         addr: addr.clone(),
         source,
     };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(ListenError::InUse(addr));
-            }
-            std::fs::remove_file(path).map_err(err)?;
+    match remove_stale_socket(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(ListenError::InUse(addr))
         }
-        Ok(_) => {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "a file that is not a socket is in the way",
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+        other => other.map_err(err)?,
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
     socket
@@ -308,6 +304,33 @@ fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, ListenErr
         name: addr.to_string(),
         socket,
     })
+}
+
+/// Makes way for a Unix socket at `path`: removes a socket file nobody
+/// listens on (left by a process that is gone: a crash or `kill -9`
+/// removes nothing), and leaves a live one alone.
+///
+/// # Errors
+/// `AddrInUse` when a process listens there; `AlreadyExists` when the path
+/// is not a socket; what removing it says.
+pub fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is listening on it",
+                ));
+            }
+            std::fs::remove_file(path)
+        }
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "a file that is not a socket is in the way",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Moves a listener above the fixed descriptor range workers receive, so

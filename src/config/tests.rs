@@ -162,3 +162,39 @@ fn proxy_and_socket_keys_are_checked_at_load() {
         ["access_log_format"]
     );
 }
+
+#[test]
+fn the_packaged_config_file_documents_every_key() {
+    let packaged = include_str!("../../packaging/ferricorn.toml");
+    let mut documented: Vec<&str> = packaged
+        .lines()
+        .filter_map(|l| l.strip_prefix('#')?.split_once(" = ").map(|(k, _)| k))
+        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    documented.sort_unstable();
+    documented.dedup();
+    let mut keys: Vec<String> = toml::Value::try_from(Config::default())
+        .unwrap()
+        .as_table()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    keys.push("pubsub_url_file".into());
+    keys.sort_unstable();
+    assert_eq!(documented, keys);
+    // And the commented values load as they are written.
+    let uncommented: String = packaged
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+        .filter(|l| !l.starts_with("pubsub_url_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config: Config = toml::from_str(&uncommented).unwrap();
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    assert_eq!(
+        config.access_log_format,
+        Config::default().access_log_format
+    );
+}

@@ -25,7 +25,7 @@ pub(super) fn start(
     {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "pub/sub: cannot use the hub socket; messages reach this worker's subscribers only");
+            tracing::error!(error = %e, "pub/sub: cannot use the hub socket ({e}); messages reach this worker's subscribers only");
             tokio::spawn(discard(inner, outbound));
             return;
         }

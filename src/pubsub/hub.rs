@@ -113,11 +113,13 @@ impl Table {
                 peer.dropped += 1;
                 if peer.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     peer.warned = Some(Instant::now());
+                    let (slot, generation, dropped) =
+                        (peer.name.slot, peer.name.generation, peer.dropped);
                     tracing::warn!(
-                        slot = peer.name.slot,
-                        generation = peer.name.generation,
-                        dropped = peer.dropped,
-                        "pub/sub hub: a worker is not reading its messages; dropping them"
+                        slot,
+                        generation,
+                        dropped,
+                        "pub/sub hub: worker {slot} (generation {generation}) is not reading its messages; {dropped} dropped so far"
                     );
                 }
             } else {
@@ -144,7 +146,9 @@ async fn serve(mut arrivals: mpsc::UnboundedReceiver<(Name, StdUnixStream)>) {
             Ok(stream) => {
                 tokio::task::spawn_local(peer(next, name, stream, table.clone()));
             }
-            Err(e) => tracing::error!(error = %e, "pub/sub hub: cannot register a worker's socket"),
+            Err(e) => {
+                tracing::error!(error = %e, "pub/sub hub: cannot register a worker's socket: {e}")
+            }
         }
     }
 }
@@ -202,10 +206,11 @@ async fn peer(id: u64, name: Name, stream: UnixStream, table: Rc<RefCell<Table>>
                 }
             }
             None => {
+                let (slot, generation) = (name.slot, name.generation);
                 tracing::error!(
-                    slot = name.slot,
-                    generation = name.generation,
-                    "pub/sub hub: malformed frame from a worker; detaching it"
+                    slot,
+                    generation,
+                    "pub/sub hub: malformed frame from worker {slot} (generation {generation}); detaching it"
                 );
                 break;
             }

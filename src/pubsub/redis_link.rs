@@ -57,7 +57,7 @@ async fn run(inner: Arc<Inner>, url: String, mut outbound: mpsc::UnboundedReceiv
         Err(e) => {
             // The config check parses the same URL: only a file changed
             // between the supervisor's read and this one gets here.
-            tracing::error!(url = %shown, error = %e, "pub/sub: not a Redis URL; messages reach this worker's subscribers only");
+            tracing::error!(url = %shown, error = %e, "pub/sub: {shown} is not a Redis URL ({e}); messages reach this worker's subscribers only");
             return super::embedded::discard(inner, outbound).await;
         }
     };
@@ -78,11 +78,11 @@ async fn run(inner: Arc<Inner>, url: String, mut outbound: mpsc::UnboundedReceiv
                             url = %shown,
                             down_ms = o.since.elapsed().as_millis() as u64,
                             lost,
-                            "pub/sub: Redis reachable again after {:.1} s; {lost} messages published here meanwhile reached this worker only",
+                            "pub/sub: Redis reachable again at {shown} after {:.1} s; {lost} messages published here meanwhile reached this worker only",
                             o.since.elapsed().as_secs_f64()
                         );
                     }
-                    _ => tracing::info!(url = %shown, "pub/sub: connected to Redis"),
+                    _ => tracing::info!(url = %shown, "pub/sub: connected to Redis at {shown}"),
                 }
                 let began = Instant::now();
                 let why = session(&inner, publisher, sink, stream, &mut outbound).await;
@@ -94,7 +94,7 @@ async fn run(inner: Arc<Inner>, url: String, mut outbound: mpsc::UnboundedReceiv
                     delay = FIRST_RETRY;
                 }
                 let Some(why) = why else { return };
-                tracing::error!(url = %shown, error = %why, "pub/sub: lost Redis; reconnecting with backoff; messages published meanwhile reach this worker only and are counted as lost");
+                tracing::error!(url = %shown, error = %why, "pub/sub: lost Redis at {shown} ({why}); reconnecting with backoff; messages published meanwhile reach this worker only and are counted as lost");
                 outage = Some(Outage {
                     since: Instant::now(),
                     lost_before: inner.lost(),
@@ -102,7 +102,7 @@ async fn run(inner: Arc<Inner>, url: String, mut outbound: mpsc::UnboundedReceiv
             }
             Err(e) => {
                 if first {
-                    tracing::error!(url = %shown, error = %e, "pub/sub: Redis unreachable at start; retrying with backoff; /health says degraded meanwhile");
+                    tracing::error!(url = %shown, error = %e, "pub/sub: Redis unreachable at start ({shown}: {e}); retrying with backoff; /health says degraded meanwhile");
                 } else {
                     tracing::debug!(url = %shown, error = %e, "pub/sub: Redis still unreachable");
                 }

@@ -95,9 +95,9 @@ pub fn take_subtree(config: &crate::config::Config) -> Option<Subtree> {
         }
         Err(why) => {
             if max > 0 {
-                tracing::warn!(reason = %why, "no per-worker cgroups: memory_max is not enforced; memory_high uses RSS from /proc");
+                tracing::warn!(reason = %why, "no per-worker cgroups ({why}): memory_max is not enforced; memory_high uses RSS from /proc");
             } else {
-                tracing::info!(reason = %why, "no per-worker cgroups; worker memory measured from /proc");
+                tracing::info!(reason = %why, "no per-worker cgroups ({why}); worker memory measured from /proc");
             }
             None
         }

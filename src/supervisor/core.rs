@@ -105,13 +105,19 @@ impl<O: Os> Supervisor<O> {
 
     /// Says what is starting, and starts it.
     pub(super) fn start(&mut self, listeners: &[String], now: Instant) {
+        let (version, build, workers) = (
+            env!("CARGO_PKG_VERSION"),
+            &self.serving.build,
+            self.serving.target,
+        );
         tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            build = %self.serving.build,
-            workers = self.serving.target,
+            version,
+            %build,
+            workers,
             ?listeners,
             pid = std::process::id(),
-            "ferricorn starting"
+            "ferricorn {version} (build {build}) starting {workers} workers on {}",
+            listeners.join(", ")
         );
         self.reconcile(now);
     }
@@ -171,7 +177,8 @@ impl<O: Os> Supervisor<O> {
         match self.os.spawn(slot, generation) {
             Ok(started) => {
                 let pid = started.pid;
-                tracing::info!(slot, generation = number, pid, "worker spawned");
+                let who = super::workers::label(slot, pid, number);
+                tracing::info!(slot, generation = number, pid, "{who} spawned");
                 let worker = Worker::new(slot, number, started.cgroup, now);
                 self.workers.insert(pid, worker);
             }
@@ -191,8 +198,8 @@ impl<O: Os> Supervisor<O> {
         if w.state == State::Draining {
             return;
         }
-        let (slot, generation) = (w.slot, w.generation);
-        tracing::info!(slot, generation, pid, reason = why, "draining worker");
+        let (slot, generation, who) = (w.slot, w.generation, w.label(pid));
+        tracing::info!(slot, generation, pid, reason = why, "{who} draining: {why}");
         w.state = State::Draining;
         w.drain_deadline = Some(now + grace);
         self.os.signal(pid, libc::SIGHUP);
@@ -205,7 +212,8 @@ impl<O: Os> Supervisor<O> {
         if w.killed_for.is_some() {
             return;
         }
-        tracing::error!(slot = w.slot, generation = w.generation, pid, reason = %why, "killing worker");
+        let who = w.label(pid);
+        tracing::warn!(slot = w.slot, generation = w.generation, pid, reason = %why, "killing {who}: {why}");
         w.killed_for = Some(why);
         self.os.signal(pid, libc::SIGKILL);
     }
@@ -221,7 +229,14 @@ impl<O: Os> Supervisor<O> {
             (grace, libc::SIGTERM, "stopping: draining workers")
         };
         self.os.notify(Note::Stopping(status.into()));
-        tracing::info!(workers = self.workers.len(), fast, "stopping");
+        let (workers, how) = match fast {
+            true => (self.workers.len(), "now (SIGQUIT)".to_owned()),
+            false => (
+                self.workers.len(),
+                format!("gracefully, within {} s", grace.as_secs_f64()),
+            ),
+        };
+        tracing::info!(workers, fast, "stopping: {workers} workers, {how}");
         // A stop ends any reload, wherever it was: nothing may send READY=1
         // after STOPPING=1.
         self.reload = Reload::default();
@@ -248,21 +263,30 @@ impl<O: Os> Supervisor<O> {
 
     pub(super) fn begin_reload(&mut self, now: Instant) {
         self.os.notify(Note::Reloading);
-        tracing::info!(config = %self.loader.path().display(), "reloading");
+        let path = self.loader.path().display().to_string();
+        tracing::info!(config = %path, "reloading: reading {path}");
+        self.reload.began = Some(now);
         let config = match self.loader.load() {
             Ok(c) => c,
-            Err(e) => return self.reload_failed(e.to_string(), now),
+            Err(e) => return self.reload_failed(e.to_string(), true, now),
         };
         if config.bind != self.serving.config.bind {
-            tracing::warn!(old = %self.serving.config.bind, new = %config.bind, "`bind` changes take effect on restart, not reload");
+            let (old, new) = (&self.serving.config.bind, &config.bind);
+            tracing::warn!(%old, %new, "bind changed from {old} to {new}: takes effect on restart, not reload");
         }
         let build = match self.os.build_id() {
             Ok(b) => b,
-            Err(e) => return self.reload_failed(e.to_string(), now),
+            Err(e) => return self.reload_failed(e.to_string(), false, now),
         };
         self.last_generation += 1;
         let generation = Generation::new(self.last_generation, config, build);
-        tracing::info!(generation = generation.number, build = %generation.build, workers = generation.target, "starting new generation");
+        let (from, to, build, workers) = (
+            self.serving.number,
+            generation.number,
+            &generation.build,
+            generation.target,
+        );
+        tracing::info!(generation = to, %build, workers, "reload {from}→{to}: starting {workers} new workers (build {build})");
         self.reload.step = Step::Starting {
             deadline: now + secs(generation.config.boot_timeout),
             generation,
@@ -271,8 +295,17 @@ impl<O: Os> Supervisor<O> {
         self.publish(true, now);
     }
 
-    fn reload_failed(&mut self, why: String, now: Instant) {
-        tracing::error!(reason = %why, "reload failed; previous generation keeps serving");
+    fn reload_failed(&mut self, why: String, config: bool, now: Instant) {
+        let serving = self.serving.number;
+        for waiter in self.reload.waiters.drain(..) {
+            let _ = waiter.send(crate::ctl::Answer::ReloadFailed {
+                error: why.clone(),
+                config,
+                serving,
+            });
+        }
+        tracing::error!(reason = %why, "reload failed: {why}; generation {serving} keeps serving");
+        self.reload.began = None;
         self.board.last_reload = Some(format!("FAILED: {why}"));
         self.reload.step = Step::Idle;
         self.announce_ready(now);
@@ -285,7 +318,7 @@ impl<O: Os> Supervisor<O> {
         for pid in self.workers.pids(|w| w.generation == number) {
             self.kill(pid, "its generation failed to start".into());
         }
-        self.reload_failed(why, now);
+        self.reload_failed(why, false, now);
         self.after_transition(now);
     }
 
@@ -305,8 +338,9 @@ impl<O: Os> Supervisor<O> {
         tracing::info!(
             from = old,
             to = number,
-            "new generation serving; old one draining"
+            "reload {old}→{number}: new generation serving; old one draining"
         );
+        self.reload.from = old;
         self.reload.step = Step::Quiescing {
             waiting: stale,
             deadline: now + QUIESCE_TIMEOUT,
@@ -324,7 +358,22 @@ impl<O: Os> Supervisor<O> {
         waiting.retain(|&pid| workers.get(pid).is_some_and(|w| w.killed_for.is_none()));
         if waiting.is_empty() || now > *deadline {
             self.reload.step = Step::Idle;
-            tracing::info!(generation = self.serving.number, "reload complete");
+            let (from, to) = (self.reload.from, self.serving.number);
+            let took = self.reload.began.take().map(|t| now.duration_since(t));
+            let duration_ms = took.map_or(0, |d| d.as_millis() as u64);
+            let took = took.map(super::workers::human).unwrap_or_default();
+            tracing::info!(
+                generation = to,
+                duration_ms,
+                "reload {from}→{to} complete in {took}"
+            );
+            for waiter in self.reload.waiters.drain(..) {
+                let _ = waiter.send(crate::ctl::Answer::Reloaded {
+                    from,
+                    to,
+                    took_ms: duration_ms,
+                });
+            }
             self.announce_ready(now);
             self.after_transition(now);
         }
@@ -334,6 +383,7 @@ impl<O: Os> Supervisor<O> {
     fn after_transition(&mut self, now: Instant) {
         if self.reload.queued && !self.reload.busy() && !self.stopping() {
             self.reload.queued = false;
+            self.reload.waiters = std::mem::take(&mut self.reload.queued_waiters);
             self.begin_reload(now);
         }
     }
@@ -342,7 +392,7 @@ impl<O: Os> Supervisor<O> {
         match event {
             Event::Message(pid, message) => self.on_message(pid, message, now),
             Event::BadMessage(pid, error) => {
-                tracing::warn!(pid, %error, "bad control message from worker");
+                tracing::warn!(pid, %error, "bad control message from worker pid {pid}: {error}");
             }
             Event::Exited(pid, status) => self.on_exit(pid, status, now),
         }
@@ -364,7 +414,14 @@ impl<O: Os> Supervisor<O> {
                 w.state = State::Ready;
                 let (slot, number) = (w.slot, w.generation);
                 let boot_ms = now.duration_since(w.started).as_millis() as u64;
-                tracing::info!(slot, generation = number, pid, boot_ms, "worker ready");
+                let who = w.label(pid);
+                tracing::info!(
+                    slot,
+                    generation = number,
+                    pid,
+                    boot_ms,
+                    "{who} ready in {boot_ms} ms"
+                );
                 self.on_ready(slot, number, now);
             }
             WorkerMessage::Ready => {}
@@ -386,7 +443,8 @@ impl<O: Os> Supervisor<O> {
             return;
         };
         if w.state == State::Ready && w.generation == serving && !stopping {
-            tracing::info!(slot = w.slot, pid, %reason, "worker to be replaced; starting its successor first");
+            let who = w.label(pid);
+            tracing::info!(slot = w.slot, pid, %reason, "{who} to be replaced ({reason}); starting its successor first");
             w.state = State::Retiring;
         }
     }
@@ -404,7 +462,12 @@ impl<O: Os> Supervisor<O> {
             let booting = matches!(self.phase, Phase::Booting { .. });
             if booting && self.workers.slots_ready(number, self.serving.target) {
                 self.phase = Phase::Running;
-                tracing::info!(workers = self.serving.target, "all workers ready");
+                let (workers, generation) = (self.serving.target, number);
+                tracing::info!(
+                    workers,
+                    generation,
+                    "all {workers} workers of generation {generation} ready"
+                );
                 self.announce_ready(now);
                 self.after_transition(now);
             }
@@ -432,9 +495,15 @@ impl<O: Os> Supervisor<O> {
             }
         }
         let (slot, generation) = (w.slot, w.generation);
-        exit_status::log(pid, &w, &how, uptime);
-        self.check_quiesced(now);
         let expected = w.state == State::Draining && w.killed_for.is_none();
+        // Filled again by reconcile: a worker of the serving generation
+        // that was not leaving anyway.
+        let replacing = !expected
+            && !self.stopping()
+            && generation == self.serving.number
+            && w.state != State::Retiring;
+        exit_status::log(pid, &w, &how, uptime, replacing);
+        self.check_quiesced(now);
         if expected || self.stopping() {
             return self.check_stopped();
         }

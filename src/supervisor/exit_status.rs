@@ -5,7 +5,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use super::workers::{State, Worker};
+use super::workers::{human, State, Worker};
 
 /// The status in words.
 pub(super) fn describe(status: &std::io::Result<ExitStatus>) -> String {
@@ -22,17 +22,21 @@ pub(super) fn describe(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
-/// The journal line for worker `pid`'s exit: killed (and why), drained
-/// as asked, or died unasked (an error).
-pub(super) fn log(pid: u32, w: &Worker, how: &str, uptime: Duration) {
+/// The journal line for worker `pid`'s exit: killed (and why) or died
+/// unasked, both warnings (the service goes on; `replacing` says whether
+/// the slot is filled again), or drained as asked.
+pub(super) fn log(pid: u32, w: &Worker, how: &str, uptime: Duration, replacing: bool) {
     let (slot, generation) = (w.slot, w.generation);
+    let who = w.label(pid);
+    let uptime_ms = uptime.as_millis() as u64;
+    let then = if replacing { "; replacing it" } else { "" };
     if let Some(why) = &w.killed_for {
-        tracing::warn!(slot, generation, pid, status = %how, reason = %why, "worker killed");
+        tracing::warn!(slot, generation, pid, status = %how, reason = %why, uptime_ms, "{who} killed ({why}): {how}{then}");
     } else if w.state == State::Draining {
-        tracing::info!(slot, generation, pid, status = %how, "worker exited after drain");
+        tracing::info!(slot, generation, pid, status = %how, uptime_ms, "{who} exited after drain: {how}");
     } else {
-        let uptime_ms = uptime.as_millis() as u64;
-        tracing::error!(slot, generation, pid, status = %how, uptime_ms, "worker died");
+        let up = human(uptime);
+        tracing::warn!(slot, generation, pid, status = %how, uptime_ms, "{who} died: {how} after {up}{then}");
     }
 }
 

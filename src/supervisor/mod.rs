@@ -14,6 +14,7 @@
 
 mod cgroup;
 mod core;
+mod ctl;
 mod exit_status;
 mod notify;
 mod relay;
@@ -57,6 +58,22 @@ pub async fn run(
     let cgroups = cgroup::take_subtree(&config);
     let os = System::new(exe, sockets, cgroups, events_tx);
     let now = Instant::now();
+    // The control socket: before the first worker, so `ferricorn status`
+    // answers while they boot. Without one the service runs as before;
+    // `ferricorn reload` then says it cannot reach it.
+    let (ctl_tx, mut asked) = mpsc::unbounded_channel();
+    if let Some(path) = crate::ctl::path(&config, false) {
+        match ctl::bind(&path) {
+            Ok(listener) => {
+                tokio::spawn(ctl::serve(listener, ctl_tx));
+            }
+            Err(e) => tracing::error!(
+                path = %path.display(),
+                "cannot open the control socket {}: {e}; `ferricorn status` and `ferricorn reload` will not reach this supervisor",
+                path.display()
+            ),
+        }
+    }
     let mut sup = core::Supervisor::new(loader, config, os, now).map_err(StartError::Build)?;
     sup.start(&names, now);
     let mut tick = tokio::time::interval(TICK);
@@ -65,6 +82,7 @@ pub async fn run(
         tokio::select! {
             Some(intent) = intents.recv() => sup.on_intent(intent, Instant::now()),
             Some(event) = events.recv() => sup.on_event(event, Instant::now()),
+            Some(asked) = asked.recv() => sup.on_ctl(asked, Instant::now()),
             _ = tick.tick() => sup.on_tick(Instant::now()),
         }
         if let Some(exit) = sup.take_exit() {

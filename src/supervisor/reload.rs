@@ -4,6 +4,10 @@
 
 use std::time::Instant;
 
+use tokio::sync::oneshot;
+
+use crate::ctl::Answer;
+
 use super::workers::Generation;
 
 /// Where a reload is.
@@ -35,6 +39,15 @@ pub(super) struct Reload {
     /// A SIGHUP arrived during the first start or another reload: run it
     /// once that is over.
     pub queued: bool,
+    /// When the reload under way began, for "complete in …".
+    pub began: Option<Instant>,
+    /// The generation it replaced, once the new one serves.
+    pub from: u64,
+    /// Control-socket clients (`ferricorn reload`) waiting for this
+    /// reload's outcome, and those waiting for the queued one. Dropped
+    /// with the reload by a stop, which the clients then hear.
+    pub waiters: Vec<oneshot::Sender<Answer>>,
+    pub queued_waiters: Vec<oneshot::Sender<Answer>>,
 }
 
 impl Reload {

@@ -26,6 +26,20 @@ pub enum Intent {
     Ignore(&'static str),
 }
 
+impl Intent {
+    /// The signal and what it asks, for the journal.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Intent::Reload => "SIGHUP (rolling reload)",
+            Intent::GracefulStop => "SIGTERM (graceful stop)",
+            Intent::FastStop => "SIGINT or SIGQUIT (stop now)",
+            Intent::AddWorker => "SIGTTIN (one worker more)",
+            Intent::RemoveWorker => "SIGTTOU (one worker fewer)",
+            Intent::Ignore(name) => name,
+        }
+    }
+}
+
 /// Installs the handlers and forwards each signal, as an intent, to the
 /// returned channel (call within a tokio runtime).
 ///

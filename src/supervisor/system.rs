@@ -86,7 +86,7 @@ impl System {
             events,
             status: watch::Sender::new(String::new()),
             hub: Hub::start()
-                .inspect_err(|e| tracing::error!(error = %e, "cannot start the pub/sub hub; pub/sub reaches one worker only"))
+                .inspect_err(|e| tracing::error!(error = %e, "cannot start the pub/sub hub ({e}); pub/sub reaches one worker only"))
                 .ok(),
         }
     }
@@ -105,13 +105,13 @@ impl Os for System {
 
     fn spawn(&mut self, slot: usize, generation: &Generation) -> Result<Started, SpawnError> {
         let fds = self.sockets.for_slot(slot).inspect_err(|e| {
-            tracing::error!(slot, error = %e, "cannot open the slot's socket");
+            tracing::error!(slot, error = %e, "cannot open slot {slot}'s socket: {e}");
         })?;
         let cgroup = match &self.cgroups {
             Some(subtree) => match subtree.worker(slot, generation.config.memory_max.0) {
                 Ok(cg) => Some(cg),
                 Err(e) => {
-                    tracing::warn!(slot, error = %e, "cannot create worker cgroup; starting it in the supervisor's");
+                    tracing::warn!(slot, error = %e, "cannot create worker {slot}'s cgroup ({e}); starting it in the supervisor's");
                     None
                 }
             },
@@ -125,7 +125,7 @@ impl Os for System {
             {
                 Ok(fd) => Some(fd),
                 Err(e) => {
-                    tracing::error!(slot, error = %e, "cannot attach the worker to the pub/sub hub; it publishes to itself only");
+                    tracing::error!(slot, error = %e, "cannot attach worker {slot} to the pub/sub hub ({e}); it publishes to itself only");
                     None
                 }
             },
@@ -156,7 +156,8 @@ impl Os for System {
                     cgroup::remove(path);
                 }
                 let number = generation.number;
-                tracing::error!(slot, generation = number, error = %e, exe = %self.exe.display(), "cannot spawn worker");
+                let exe = self.exe.display();
+                tracing::error!(slot, generation = number, error = %e, %exe, "cannot spawn worker {slot} of generation {number} from {exe}: {e}");
                 Err(e.into())
             }
         }

@@ -24,6 +24,18 @@ pub(super) enum State {
     Draining,
 }
 
+impl State {
+    /// As `ferricorn status` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Booting => "booting",
+            State::Ready => "ready",
+            State::Retiring => "retiring",
+            State::Draining => "draining",
+        }
+    }
+}
+
 /// One worker process.
 pub(super) struct Worker {
     /// Its place among the generation's workers (1-based): a successor
@@ -49,7 +61,29 @@ pub(super) struct Worker {
     pub cgroup: Option<PathBuf>,
 }
 
+/// How the journal names a worker, so each line reads on its own in
+/// `journalctl -u ferricorn`: "worker 2 (pid 1234, generation 3)".
+pub(super) fn label(slot: usize, pid: u32, generation: u64) -> String {
+    format!("worker {slot} (pid {pid}, generation {generation})")
+}
+
+/// A duration as a person reads it in a log line: "850 ms", "12.3 s",
+/// "2 h 5 min".
+pub(super) fn human(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0..=9_999 => format!("{ms} ms"),
+        10_000..=119_999 => format!("{:.1} s", d.as_secs_f64()),
+        120_000..=7_199_999 => format!("{} min {} s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{} h {} min", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
 impl Worker {
+    pub fn label(&self, pid: u32) -> String {
+        label(self.slot, pid, self.generation)
+    }
+
     pub fn new(slot: usize, generation: u64, cgroup: Option<PathBuf>, now: Instant) -> Worker {
         Worker {
             slot,

@@ -153,7 +153,10 @@ pub fn run(args: WorkerArgs, app: App) -> Exit {
             // To the log, with the worker's fields, rather than bare stderr.
             // A panic in a handler is caught and answered with 500 (see
             // server.rs); this records where and why.
-            std::panic::set_hook(Box::new(|info| tracing::error!(%info, "panic")));
+            let slot = args.slot;
+            std::panic::set_hook(Box::new(move |info| {
+                tracing::error!(%info, "worker {slot} panicked: {info}");
+            }));
             let runtime = if config.threads == 1 {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -280,7 +283,7 @@ async fn serve(
     let control = match UnixStream::from_std(control) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!("control socket: {e}");
+            tracing::error!("worker {}: control socket: {e}", args.slot);
             return Exit::BootFailure;
         }
     };
@@ -301,7 +304,10 @@ async fn serve(
         {
             Ok(log) => Some(Arc::new(log)),
             Err(e) => {
-                tracing::error!("cannot start the access-log thread: {e}; access log off");
+                tracing::error!(
+                    "worker {}: cannot start the access-log thread: {e}; access log off",
+                    args.slot
+                );
                 None
             }
         },
@@ -314,7 +320,10 @@ async fn serve(
     let target = config.pubsub().unwrap_or_else(|(key, problem)| {
         // The supervisor checked the same config; only a credential file
         // changed since can get here.
-        tracing::error!("{key}: {problem}; pub/sub reaches this host only");
+        tracing::error!(
+            "worker {}: {key}: {problem}; pub/sub reaches this host only",
+            args.slot
+        );
         crate::config::PubSubTarget::Embedded
     });
     let pubsub = PubSub::start(target, hub);
@@ -359,14 +368,14 @@ async fn serve(
                         *slot = Some(Arc::new(status));
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "bad status line from supervisor"),
+                Err(e) => tracing::warn!(error = %e, "bad status line from supervisor: {e}"),
             }
         }
         std::process::exit(Exit::Success as i32);
     });
 
     if let Err(e) = watch_signals(ctx.clone()) {
-        tracing::error!("cannot install signal handlers: {e}");
+        tracing::error!("worker {}: cannot install signal handlers: {e}", args.slot);
         return Exit::BootFailure;
     }
 
@@ -401,12 +410,12 @@ async fn serve(
         match registered {
             Ok(()) => {}
             Err(e) => {
-                tracing::error!("cannot register listener: {e}");
+                tracing::error!("worker {}: cannot register listener: {e}", args.slot);
                 return Exit::BootFailure;
             }
         }
     }
-    tracing::info!(pid = std::process::id(), "worker ready");
+    tracing::info!(pid = std::process::id(), "worker {} ready", args.slot);
     let _ = to_supervisor.send(WorkerMessage::Ready);
 
     ctx.drain.draining().await;
@@ -415,18 +424,23 @@ async fn serve(
     while accept_loops.join_next().await.is_some() {}
     let _ = to_supervisor.send(WorkerMessage::Draining);
     let open = ctx.stats.snapshot();
+    let (connections, websockets, close_code) =
+        (open.connections, open.websockets, ctx.drain.close_code());
     tracing::info!(
-        connections = open.connections,
-        websockets = open.websockets,
-        close_code = ctx.drain.close_code(),
-        "worker draining"
+        connections,
+        websockets,
+        close_code,
+        "worker {} draining: {connections} connections and {websockets} WebSockets open; WebSockets close with {close_code}",
+        args.slot
     );
     ctx.drain.finished().await;
     // Leave notices and last messages go out before the process does.
     ctx.pubsub.flush(Duration::from_secs(1)).await;
+    let requests = ctx.stats.snapshot().requests;
     tracing::info!(
-        requests = ctx.stats.snapshot().requests,
-        "worker drained, exiting"
+        requests,
+        "worker {} drained after {requests} requests, exiting",
+        args.slot
     );
     Exit::Success
 }

@@ -104,7 +104,8 @@ pub async fn accept_loop<L: Accept>(listener: L, ctx: WorkerContext, router: Rou
             Err(e) if is_per_connection(&e) => {}
             Err(e) => {
                 if last_error_log.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL) {
-                    tracing::error!(error = %e, "accept failed; backing off");
+                    let slot = ctx.identity.slot;
+                    tracing::error!(error = %e, "worker {slot}: accept failed ({e}); backing off");
                     last_error_log = Some(Instant::now());
                 }
                 drop(permit);

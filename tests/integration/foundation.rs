@@ -33,7 +33,9 @@ fn ready_only_when_every_worker_answers() {
     assert_eq!(children, answered);
     // The socket came from "systemd": the supervisor bound nothing itself.
     assert!(
-        server.log().contains("listeners=[\"http\"]"),
+        server
+            .log()
+            .contains(&format!("listeners=[\"http ({})\"]", server.addr)),
         "{}",
         server.log()
     );
@@ -210,7 +212,7 @@ fn access_log_can_be_switched_off() {
     server.signal(libc::SIGTERM);
     server.wait_exit(PATIENCE);
     let log = server.log();
-    assert!(log.contains("worker drained"), "{log}");
+    assert!(log.contains("drained after"), "{log}");
     assert!(!log.contains("ferricorn::access"), "{log}");
 }
 
@@ -257,4 +259,93 @@ fn access_log_lines_a_stalled_sink_cannot_take_are_dropped_and_counted() {
     });
     eprintln!("stalled log sink: {requests} requests served, {logged} logged, {dropped} dropped and counted");
     assert!(dropped > 0);
+}
+
+/// The messages of one JSON log, with their levels: what `journalctl -o
+/// cat` shows of each line (the journal gets the same message text).
+fn messages(server: &Server) -> Vec<(String, String)> {
+    server
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["level"].as_str().unwrap_or("").to_owned(),
+                v["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The first message matching `pattern`, with its level, once logged.
+fn wait_message(server: &Server, pattern: &str) -> (String, String) {
+    let re = regex::Regex::new(pattern).unwrap();
+    poll(PATIENCE, || {
+        messages(server).into_iter().find(|(_, m)| re.is_match(m))
+    })
+    .unwrap_or_else(|| {
+        let all: Vec<String> = messages(server).into_iter().map(|(_, m)| m).collect();
+        panic!(
+            "no message matching {pattern:?}; messages:\n{}",
+            all.join("\n")
+        )
+    })
+}
+
+#[test]
+fn log_lines_read_on_their_own() {
+    let mut server = Server::ready(Options {
+        config: "log_format = \"json\"".into(),
+        ..Options::default()
+    });
+    wait_message(
+        &server,
+        r"^ferricorn \S+ \(build [0-9a-f]+\) starting 2 workers on http \(127\.0\.0\.1:\d+\)$",
+    );
+    wait_message(
+        &server,
+        r"^worker [12] \(pid \d+, generation 1\) ready in \d+ ms$",
+    );
+    server.get("/health?read-me").unwrap();
+    let (level, _) = wait_message(
+        &server,
+        r#"^127\.0\.0\.1 "GET /health\?read-me HTTP/1\.1" 200 \d+ \d+\.\d{6}s worker [12]$"#,
+    );
+    assert_eq!(level, "INFO");
+    // A crash: which worker, which pid, which signal, and what happens next.
+    let victim = server.worker_pids()[0];
+    send_signal(victim, libc::SIGKILL);
+    let (level, _) = wait_message(
+        &server,
+        &format!(
+            r"^worker [12] \(pid {victim}, generation 1\) died: signal 9 \(SIGKILL\) after \d+(\.\d)? (ms|s|min \d+ s); replacing it$"
+        ),
+    );
+    assert_eq!(level, "WARN");
+    server.wait_ready();
+    let notes = server.notes().len();
+    server.signal(libc::SIGHUP);
+    server.wait_note_after(notes, "READY=1");
+    wait_message(&server, r"^signal received: SIGHUP \(rolling reload\)$");
+    wait_message(
+        &server,
+        r"^reload 1→2: starting 2 new workers \(build [0-9a-f]+\)$",
+    );
+    let (level, _) = wait_message(&server, r"^reload 1→2 complete in \d+ ms$");
+    assert_eq!(level, "INFO");
+    wait_message(
+        &server,
+        r"^worker [12] \(pid \d+, generation 1\) draining: replaced by reload$",
+    );
+    wait_message(
+        &server,
+        r"^worker [12] draining: \d+ connections and \d+ WebSockets open; WebSockets close with 1012$",
+    );
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    wait_message(&server, r"^stopping: 2 workers, gracefully, within 30 s$");
+    wait_message(
+        &server,
+        r"^worker [12] drained after \d+ requests, exiting$",
+    );
 }

@@ -319,7 +319,7 @@ fn max_requests_recycles_workers_without_failures() {
     let load = Load::start(server.addr, 2);
     load.wait_more(400);
     load.finish().assert_clean("recycling");
-    server.wait_log("worker to be replaced");
+    server.wait_log(") to be replaced (max_requests)");
     server.wait_log("successor ready");
     let now = pid_set(&server);
     assert!(
@@ -347,7 +347,7 @@ fn ttin_and_ttou_scale_two_three_two() {
     });
     // Never below one.
     server.signal(libc::SIGTTOU);
-    server.wait_log("signal received intent=RemoveWorker");
+    server.wait_log("signal received: SIGTTOU (one worker fewer)");
     assert_eq!(server.health()["status"], "healthy");
     assert_eq!(server.worker_pids().len(), 1);
 }
@@ -375,7 +375,7 @@ fn workers_failing_at_first_start_back_off_then_exit_3() {
     let status = server.wait_exit(PATIENCE);
     let took = started.elapsed();
     assert_eq!(status.code(), Some(3), "{}", server.log());
-    let spawns = server.log().matches("worker spawned").count();
+    let spawns = server.log().matches(") spawned").count();
     eprintln!("first start: {spawns} spawn attempts over {took:?}, then exit 3");
     // Three attempts per slot, spaced 250 ms then 500 ms: no spin.
     assert!((5..=6).contains(&spawns), "{}", server.log());
@@ -405,9 +405,9 @@ fn crash_loop_after_start_backs_off_and_shows_in_status() {
     });
     let window = Instant::now();
     eventually("a few restarts", PATIENCE, || {
-        (server.log().matches("worker spawned").count() >= 5).then_some(())
+        (server.log().matches(") spawned").count() >= 5).then_some(())
     });
-    let spawns = server.log().matches("worker spawned").count();
+    let spawns = server.log().matches(") spawned").count();
     let elapsed = window.elapsed();
     // The delays the supervisor chose, from its log: doubling from 250 ms
     // (the first quick death is restarted after 250 ms without a line).
@@ -501,7 +501,7 @@ fn memory_high_recycles_gracefully_from_rss() {
     });
     let first = pid_set(&server);
     let load = Load::start(server.addr, 2);
-    server.wait_log("worker above memory_high");
+    server.wait_log(") above memory_high: ");
     server.wait_log("successor ready");
     eventually("a worker replaced", PATIENCE, || {
         (!pid_set(&server).is_superset(&first)).then_some(())
@@ -648,7 +648,7 @@ fn a_long_request_in_flight_finishes_on_reload() {
     eventually("the old worker gone after its drain", PATIENCE, || {
         old.iter().all(|&pid| !alive(pid)).then_some(())
     });
-    server.wait_log("worker exited after drain");
+    server.wait_log(") exited after drain: ");
     assert!(!server.log().contains("killing"), "{}", server.log());
 }
 
@@ -869,7 +869,12 @@ fn usr1_and_usr2_are_ignored() {
         server.signal(sig);
     }
     eventually("both signals logged as ignored", PATIENCE, || {
-        (server.log().matches("signal ignored").count() == 2).then_some(())
+        (server
+            .log()
+            .matches(" ignored: logs go to journald")
+            .count()
+            == 2)
+            .then_some(())
     });
     assert!(alive(server.pid()), "{}", server.log());
     assert_eq!(pid_set(&server), workers);

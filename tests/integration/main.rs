@@ -2,6 +2,7 @@
 //! sockets, processes and signals (see `harness`).
 
 mod config;
+mod ctl;
 mod foundation;
 mod fuzz;
 mod harness;

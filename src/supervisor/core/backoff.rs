@@ -86,14 +86,14 @@ impl<O: Os> Supervisor<O> {
                 slot,
                 quick_deaths = deaths,
                 delay_ms,
-                "worker crash loop; restart delayed"
+                "worker crash loop; restart delayed: slot {slot} died {deaths} times in a row soon after start; next start in {delay_ms} ms"
             );
         }
         if matches!(self.phase, Phase::Booting { .. }) && !was_ready && deaths >= BOOT_ATTEMPTS {
             tracing::error!(
                 slot,
                 attempts = deaths,
-                "no worker could start; giving up (exit code 3)"
+                "no worker could start; giving up (exit code 3): slot {slot} failed {deaths} starts"
             );
             self.give_up();
         }

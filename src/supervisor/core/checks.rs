@@ -70,7 +70,17 @@ impl<O: Os> Supervisor<O> {
             self.next_memory_check = now + MEMORY_INTERVAL;
             let high = config.memory_high.0;
             for (pid, used) in above_memory_high(&self.workers, high, &self.os) {
-                tracing::warn!(pid, used, memory_high = high, "worker above memory_high");
+                let who = self
+                    .workers
+                    .get(pid)
+                    .map_or_else(|| format!("worker pid {pid}"), |w| w.label(pid));
+                let (used_mib, high_mib) = (used >> 20, high >> 20);
+                tracing::warn!(
+                    pid,
+                    used,
+                    memory_high = high,
+                    "{who} above memory_high: {used_mib} MiB used, memory_high {high_mib} MiB"
+                );
                 self.retire(pid, "memory_high");
             }
         }
