@@ -159,11 +159,16 @@ fn check_config(cli: &Cli, quiet: bool) -> Exit {
     match loader.load() {
         Ok(_) if quiet => Exit::Success,
         Ok(config) => {
+            let secrets = loader.secret_keys();
+            let credential = match secrets.is_empty() {
+                true => String::new(),
+                false => format!(" < credential {}", crate::config::CREDENTIAL_NAME),
+            };
             println!(
-                "# resolved from defaults < {} < FERRICORN_* < flags",
+                "# resolved from defaults < {}{credential} < FERRICORN_* < flags",
                 loader.path().display()
             );
-            print!("{}", config.to_toml());
+            print!("{}", config.to_toml_hiding(&secrets));
             Exit::Success
         }
         Err(e) => {

@@ -1,5 +1,6 @@
-//! The one validated `Config`: built-in defaults < TOML file < `FERRICORN_*`
-//! environment < command-line flags, layered with figment.
+//! The one validated `Config`: built-in defaults < TOML file < the
+//! `ferricorn.toml` credential (secrets, from `$CREDENTIALS_DIRECTORY`) <
+//! `FERRICORN_*` environment < command-line flags, layered with figment.
 //!
 //! Every error names the key and the layer it came from (a file path, an
 //! environment variable, or the command line), because "invalid value" alone
@@ -14,6 +15,12 @@ use serde::{Deserialize, Serialize};
 /// Where the supervisor looks for its file when `--config` is not given.
 /// A missing file there is fine: the defaults serve.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ferricorn/ferricorn.toml";
+
+/// The credential (`LoadCredential=ferricorn.toml:…` in a drop-in) read as
+/// a config layer from `$CREDENTIALS_DIRECTORY`: where secrets go, so they
+/// stay out of the world-readable file, and out of what `check-config`
+/// prints.
+pub const CREDENTIAL_NAME: &str = "ferricorn.toml";
 
 /// Prefix of the environment layer; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "FERRICORN_";
@@ -118,6 +125,9 @@ pub struct Config {
     /// (Gunicorn's key): addresses or networks, comma-separated, or `*`.
     /// A Unix-socket peer is always trusted.
     pub forwarded_allow_ips: crate::proxy::AllowIps,
+    /// Every connection opens with HAProxy's PROXY protocol header (v1 or
+    /// v2), naming the client; one without gets 400. Off by default.
+    pub proxy_protocol: bool,
     /// Least severe level logged.
     pub log_level: LogLevel,
     /// Line format on stderr (the journal always gets structured fields).
@@ -136,6 +146,11 @@ pub struct Config {
     /// `LoadCredential=` provides it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pubsub_url_file: Option<PathBuf>,
+    /// The app's own settings (`[app]` in TOML, `FERRICORN_APP__NAME` in the
+    /// environment), strings by name: `ctx.config.app["database_url"]`.
+    /// Last, as TOML writes tables after plain keys.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub app: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a worker's pub/sub reaches, resolved from `pubsub_url` or
@@ -176,11 +191,13 @@ impl Default for Config {
             access_log: true,
             access_log_format: crate::worker::DEFAULT_ACCESS_LOG_FORMAT.to_owned(),
             forwarded_allow_ips: crate::proxy::AllowIps::default(),
+            proxy_protocol: false,
             log_level: LogLevel::Info,
             log_format: LogFormat::Text,
             control_socket: String::new(),
             pubsub_url: EMBEDDED.to_owned(),
             pubsub_url_file: None,
+            app: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -206,15 +223,24 @@ impl Config {
     /// The config as `check-config` prints it: TOML that loads back to the
     /// same config.
     pub fn to_toml(&self) -> String {
-        // A password in the URL stays out of what is printed (and of the
-        // journal, where `ExecReload=`'s check goes).
+        self.to_toml_hiding(&[])
+    }
+
+    /// [`Config::to_toml`] with the values of `secret` keys (dotted, as
+    /// `app.database_url`) shown as `"****"`: those the credential set.
+    pub fn to_toml_hiding(&self, secret: &[String]) -> String {
+        // A password in the URL stays out of what is printed.
         let shown = Config {
             pubsub_url: redact_url(&self.pubsub_url),
             ..self.clone()
         };
         // Validation keeps every integer within TOML's i64 and every float
         // finite, the only values TOML cannot write.
-        toml::to_string(&shown).expect("a validated Config encodes as TOML")
+        let mut value = toml::Value::try_from(&shown).expect("a validated Config encodes as TOML");
+        for key in secret {
+            hide(&mut value, &key.split('.').collect::<Vec<_>>());
+        }
+        toml::to_string(&value).expect("a TOML value encodes")
     }
 
     /// Where pub/sub goes: reads `pubsub_url_file` if set.
@@ -369,6 +395,20 @@ impl Config {
     }
 }
 
+/// Replaces the value at `path` in `value` with `"****"` (a table is left
+/// alone: its keys are listed one by one).
+fn hide(value: &mut toml::Value, path: &[&str]) {
+    match path {
+        [] if !value.is_table() => *value = toml::Value::String("****".into()),
+        [] => {}
+        [first, rest @ ..] => {
+            if let Some(next) = value.get_mut(*first) {
+                hide(next, rest);
+            }
+        }
+    }
+}
+
 /// Octal permission bits such as `0660`.
 fn parse_mode(text: &str) -> Result<u32, String> {
     match u32::from_str_radix(text.trim(), 8) {
@@ -505,9 +545,37 @@ impl Loader {
                 )))
             }
         }
+        if let Some(credential) = credential_path() {
+            figment = figment.merge(Toml::file_exact(credential));
+        }
         Ok(figment
             .merge(Env::prefixed(ENV_PREFIX).split("__"))
             .merge(Serialized::globals(&self.overrides)))
+    }
+
+    /// The keys the credential sets, dotted (`app.database_url`), for
+    /// [`Config::to_toml_hiding`]. None if it cannot be read as TOML: then
+    /// the load fails anyway, and nothing is printed.
+    pub fn secret_keys(&self) -> Vec<String> {
+        let Some(path) = credential_path() else {
+            return Vec::new();
+        };
+        let Ok(table) = std::fs::read_to_string(path)
+            .map_err(|_| ())
+            .and_then(|t| t.parse::<toml::Table>().map_err(|_| ()))
+        else {
+            return Vec::new();
+        };
+        let mut keys = Vec::new();
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(inner) => {
+                    keys.extend(inner.keys().map(|k| format!("{key}.{k}")));
+                }
+                _ => keys.push(key),
+            }
+        }
+        keys
     }
 
     /// `control_socket` alone, from whichever layer sets it, even when
@@ -537,6 +605,13 @@ impl Loader {
             .collect();
         Err(ConfigError(lines.join("; ")))
     }
+}
+
+/// `$CREDENTIALS_DIRECTORY/ferricorn.toml`, if systemd passed it.
+fn credential_path() -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = Path::new(&dir).join(CREDENTIAL_NAME);
+    path.is_file().then_some(path)
 }
 
 /// " (from <layer>)" for the layer that set `key`.
@@ -587,6 +662,14 @@ fn describe(figment: &Figment, errors: figment::Error) -> ConfigError {
             | figment::error::Kind::InvalidValue(_, _) = &e.kind
             {
                 problem = format!("bad value: {problem}");
+            }
+            // A secret's value is never echoed, even when it is wrong.
+            let from_credential = matches!(
+                e.metadata.as_ref().and_then(|md| md.source.as_ref()),
+                Some(figment::Source::File(path)) if Some(path) == credential_path().as_ref()
+            );
+            if from_credential {
+                problem = "bad value (not shown: it comes from the credential)".to_owned();
             }
             format!("{key}: {problem}{}", source_of(figment, &key))
         })

@@ -7,6 +7,7 @@
 //! allowed address, or any peer of a Unix socket (only local processes
 //! reach one, and its permissions decide which). From anyone else they are
 //! ignored, so a client talking to ferricorn directly cannot name itself.
+//! [`protocol`] reads HAProxy's PROXY protocol (`proxy_protocol = true`).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -300,5 +301,6 @@ impl<'de> Deserialize<'de> for AllowIps {
     }
 }
 
+pub mod protocol;
 #[cfg(test)]
 mod tests;

@@ -138,8 +138,8 @@ fn is_per_connection(e: &std::io::Error) -> bool {
 }
 
 async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    stream: S,
-    peer: Peer,
+    mut stream: S,
+    mut peer: Peer,
     ctx: WorkerContext,
     router: Router,
 ) {
@@ -150,8 +150,27 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         fields: ctx.config.limit_request_fields,
         field_size: ctx.config.limit_request_field_size,
     };
+    // With `proxy_protocol`, the balancer's header names the client first;
+    // the bytes read past it are the first request's.
+    let mut early = Vec::new();
+    if ctx.config.proxy_protocol {
+        match crate::proxy::protocol::read_header(&mut stream, keepalive).await {
+            Ok((source, rest)) => {
+                if let Some(source) =
+                    source.filter(|_| ctx.config.forwarded_allow_ips.trusts_peer(peer))
+                {
+                    peer = Peer::Tcp(source);
+                }
+                early = rest;
+            }
+            Err(why) => {
+                tracing::debug!("{peer}: {why}; refused with 400");
+                return;
+            }
+        }
+    }
     let verdicts = Arc::new(Verdicts::default());
-    let stream = Inspected::new(stream, limits, verdicts.clone());
+    let stream = Inspected::with_prefix(stream, &early, limits, verdicts.clone());
     let request_ctx = ctx.clone();
     let activity = Arc::new(Activity::default());
     let request_activity = activity.clone();

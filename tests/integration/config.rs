@@ -317,3 +317,62 @@ fn proxy_keys_name_the_bad_entry_and_its_source() {
         "{text}"
     );
 }
+
+#[test]
+fn a_credential_is_a_config_layer_whose_values_are_never_printed() {
+    // LoadCredential=ferricorn.toml:/etc/ferricorn/secrets.toml in a
+    // drop-in: systemd puts it in $CREDENTIALS_DIRECTORY.
+    let credentials = tempfile::tempdir().unwrap();
+    let secret = credentials.path().join("ferricorn.toml");
+    std::fs::write(
+        &secret,
+        "pubsub_url = \"redis://app:s3cret@127.0.0.1:6379/\"\n\
+         [app]\ndatabase_url = \"postgres://app:hunter2@db/chat\"\n",
+    )
+    .unwrap();
+    let creds = credentials.path().to_str().unwrap();
+    // The file sets the app's other settings; the credential overrides it.
+    let (_dir, path) = config_file(
+        "workers = 3\n[app]\ndatabase_url = \"postgres://placeholder\"\nregion = \"eu\"\n",
+    );
+    let out = output(
+        &["--config", &path, "check-config"],
+        &[("CREDENTIALS_DIRECTORY", creds)],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !printed.contains("s3cret") && !printed.contains("hunter2"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("placeholder"),
+        "the credential's value wins: {printed}"
+    );
+    assert!(printed.contains("pubsub_url = \"****\""), "{printed}");
+    assert!(printed.contains("database_url = \"****\""), "{printed}");
+    assert!(
+        printed.contains("region = \"eu\"") && printed.contains("workers = 3"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("< credential ferricorn.toml <"),
+        "{printed}"
+    );
+    // A bad value in it is named with the credential's path, not echoed.
+    std::fs::write(&secret, "workers = \"hunter2\"\n").unwrap();
+    let (code, err) = run(
+        &["--config", &path, "check-config"],
+        &[("CREDENTIALS_DIRECTORY", creds)],
+    );
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("workers") && err.contains(secret.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

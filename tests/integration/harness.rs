@@ -3,8 +3,10 @@
 //! `NOTIFY_SOCKET` datagram socket the test reads. Everything is polled with
 //! deadlines; nothing sleeps for synchronisation.
 
+mod haproxy;
 mod nginx;
 mod ws;
+pub use haproxy::*;
 pub use nginx::*;
 pub use ws::*;
 

@@ -210,3 +210,113 @@ fn bind_unix_takes_over_a_stale_socket_file_and_refuses_a_live_one() {
     assert_eq!(get_unix(&path, "/health").unwrap().status, 200);
     drop(server);
 }
+
+/// A connection that opens with `prefix` then asks `GET path`; the answer
+/// (the connection is closed after it).
+fn with_prefix(from: IpAddr, to: SocketAddr, prefix: &[u8], path: &str) -> (u16, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = prefix.to_vec();
+    bytes.extend_from_slice(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let _ = s.write_all(&bytes);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let r =
+        parse_response(&raw).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&raw)));
+    (r.status, r.body)
+}
+
+fn proxy_v2(source: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend_from_slice(&source);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&8097u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_protocol_names_the_client_and_a_connection_without_it_is_refused() {
+    let server = Server::ready(Options {
+        config: "proxy_protocol = true\nforwarded_allow_ips = \"127.0.0.2\"".into(),
+        ..Options::default()
+    });
+    let proxy = ip("127.0.0.2");
+    let client = |status_body: (u16, String)| {
+        assert_eq!(status_body.0, 200, "{}", status_body.1);
+        let v: serde_json::Value = serde_json::from_str(&status_body.1).unwrap();
+        v["client"].as_str().unwrap().to_owned()
+    };
+    // v1 and v2 from the trusted balancer: the client they name.
+    let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8097\r\n";
+    assert_eq!(
+        client(with_prefix(proxy, server.addr, v1, "/health?pp-v1")),
+        "203.0.113.7"
+    );
+    let line = access_line(&server, "/health?pp-v1");
+    assert!(
+        line.contains("203.0.113.7 \"GET /health?pp-v1 HTTP/1.1\" 200 "),
+        "{line}"
+    );
+    let v2 = proxy_v2([198, 51, 100, 4], 4444);
+    assert_eq!(
+        client(with_prefix(proxy, server.addr, &v2, "/health?pp-v2")),
+        "198.51.100.4"
+    );
+    // LOCAL (the balancer's own health check): the connection's peer.
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    assert_eq!(
+        client(with_prefix(proxy, server.addr, local, "/health?pp-local")),
+        "127.0.0.2"
+    );
+    // From an untrusted peer the header is read but not believed.
+    assert_eq!(
+        client(with_prefix(
+            ip("127.0.0.3"),
+            server.addr,
+            v1,
+            "/health?pp-spoof"
+        )),
+        "127.0.0.3"
+    );
+    // No header, or a malformed one: 400, said, and the connection closed.
+    for bad in [
+        &b""[..],
+        b"PROXY TCP4 999.1.1.1 127.0.0.1 1 2\r\n",
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 5555\r\n",
+        b"\r\n\r\n\0\r\nQUIT\n\x99\x11\x00\x0c",
+        &[0u8; 5000][..],
+    ] {
+        let (status, body) = with_prefix(proxy, server.addr, bad, "/health");
+        assert_eq!(
+            (status, body.as_str()),
+            (400, "missing or malformed PROXY protocol header\n"),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        client(with_prefix(proxy, server.addr, v1, "/health?pp-after")),
+        "203.0.113.7"
+    );
+}
+
+#[test]
+fn haproxy_in_front_with_send_proxy_v2_gives_the_client_address() {
+    let server = Server::ready(Options {
+        config: "proxy_protocol = true".into(),
+        ..Options::default()
+    });
+    let haproxy = Haproxy::start(server.addr);
+    let r = request_from(ip("127.0.0.66"), haproxy.addr, "/health?via-haproxy", "");
+    assert_eq!(client_of(&r).0, "127.0.0.66", "{}", haproxy.log());
+    let line = access_line(&server, "/health?via-haproxy");
+    assert!(
+        line.contains("127.0.0.66 \"GET /health?via-haproxy HTTP/1.1\" 200 "),
+        "{line}"
+    );
+}

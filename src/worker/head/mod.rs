@@ -139,6 +139,16 @@ impl Inspector {
         pos
     }
 
+    /// Takes bytes read before hyper had a buffer to read into: what passes
+    /// goes out first, then whatever `take` kept back for later.
+    pub fn preload(&mut self, early: &[u8]) {
+        let kept = self.take(early);
+        let mut out = early[..kept].to_vec();
+        out.extend_from_slice(&self.out[self.out_from..]);
+        self.out = out;
+        self.out_from = 0;
+    }
+
     /// Bytes waiting for hyper, at most `max`; consumed.
     pub fn pending(&mut self, max: usize) -> Option<&[u8]> {
         if self.out_from == self.out.len() {
@@ -186,6 +196,16 @@ impl<S> Inspected<S> {
             inner,
             inspector: Inspector::new(limits, verdicts),
         }
+    }
+
+    /// [`Inspected::new`] for a stream of which `early` was already read
+    /// (past a PROXY header): those bytes come first, inspected as any.
+    pub fn with_prefix(inner: S, early: &[u8], limits: Limits, verdicts: Arc<Verdicts>) -> Self {
+        let mut inspected = Inspected::new(inner, limits, verdicts);
+        if !early.is_empty() {
+            inspected.inspector.preload(early);
+        }
+        inspected
     }
 }
 
