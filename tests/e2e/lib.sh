@@ -12,11 +12,16 @@ started=${EPOCHREALTIME/./}
 ok() { echo "ok - $*"; passed=$((passed + 1)); }
 fail() { echo "FAIL - $*"; failed=$((failed + 1)); }
 skip() { echo "skip - $*"; skipped=$((skipped + 1)); }
-# check DESCRIPTION COMMAND...: one check, passed if COMMAND succeeds.
+# check DESCRIPTION COMMAND...: one check, passed if COMMAND succeeds. A
+# failure runs $ON_FAIL (if set), which can print what the log needs to
+# say why: the machine and its journal are gone once the run ends.
 check() {
     local what=$1
     shift
-    if "$@"; then ok "$what"; else fail "$what"; fi
+    if "$@"; then ok "$what"; else
+        fail "$what"
+        [[ -z ${ON_FAIL:-} ]] || $ON_FAIL
+    fi
 }
 # Seconds since the start, to 0.1 s.
 elapsed() {

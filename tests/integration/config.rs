@@ -349,10 +349,9 @@ fn a_credential_is_a_config_layer_whose_values_are_never_printed() {
         !printed.contains("s3cret") && !printed.contains("hunter2"),
         "{printed}"
     );
-    assert!(
-        !printed.contains("placeholder"),
-        "the credential's value wins: {printed}"
-    );
+    // A key the credential sets is hidden whichever layer's value won (that
+    // the credential's wins is shown by its bad value below).
+    assert!(!printed.contains("placeholder"), "{printed}");
     assert!(printed.contains("pubsub_url = \"****\""), "{printed}");
     assert!(printed.contains("database_url = \"****\""), "{printed}");
     assert!(
@@ -375,4 +374,16 @@ fn a_credential_is_a_config_layer_whose_values_are_never_printed() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn check_config_quiet_says_nothing_about_a_valid_config() {
+    let (_dir, path) = config_file("workers = 2\n");
+    let out = output(&["--config", &path, "check-config", "--quiet"], &[]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    let (_dir, bad) = config_file("workers = 0\n");
+    let (code, err) = run(&["--config", &bad, "check-config", "--quiet"], &[]);
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(err.contains("workers: must be at least 1"), "{err}");
 }

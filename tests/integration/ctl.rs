@@ -49,9 +49,13 @@ fn server_with_control(dir: &Path) -> (Server, PathBuf) {
     (server, socket)
 }
 
-/// `ferricorn <args>` with the server's config, as an operator runs it.
+/// `ferricorn <args>` with the server's config, as an operator runs it;
+/// a command that has not answered within a minute is ended (exit 124), so
+/// a reload whose outcome never comes fails the test instead of hanging it.
 fn ferricorn(server: &Server, args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new("timeout")
+        .arg("60")
+        .arg(BIN)
         .arg("--config")
         .arg(&server.config_path)
         .args(args)
