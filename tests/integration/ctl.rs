@@ -49,10 +49,10 @@ fn server_with_control(dir: &Path) -> (Server, PathBuf) {
     (server, socket)
 }
 
-/// `ferricorn <args>` with the server's config, as an operator runs it;
+/// The binary with `<args>` and the server's config, as an operator runs it;
 /// a command that has not answered within a minute is ended (exit 124), so
 /// a reload whose outcome never comes fails the test instead of hanging it.
-fn ferricorn(server: &Server, args: &[&str]) -> Output {
+fn cli(server: &Server, args: &[&str]) -> Output {
     Command::new("timeout")
         .arg("60")
         .arg(BIN)
@@ -80,7 +80,7 @@ fn status_lists_every_worker() {
     let (server, socket) = server_with_control(dir.path());
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the service user's (and root's) only");
-    let out = ferricorn(&server, &["status"]);
+    let out = cli(&server, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = table.lines();
@@ -113,7 +113,7 @@ fn status_lists_every_worker() {
         server.get("/health").unwrap();
     }
     let served = eventually("heartbeats carrying the requests", PATIENCE, || {
-        let out = ferricorn(&server, &["status", "--json"]);
+        let out = cli(&server, &["status", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         let sum: u64 = v["workers"]
             .as_array()?
@@ -129,7 +129,7 @@ fn status_lists_every_worker() {
 fn reload_wait_reports_the_outcome_and_the_old_generation_serves_on_failure() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _socket) = server_with_control(dir.path());
-    let out = ferricorn(&server, &["reload", "--wait"]);
+    let out = cli(&server, &["reload", "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reload 1→2 complete in "));
     assert_eq!(server.health()["generation"], 2);
@@ -137,7 +137,7 @@ fn reload_wait_reports_the_outcome_and_the_old_generation_serves_on_failure() {
 
     // Workers that exit at start: exit 1, generation 2 serves on.
     std::fs::write(dir.path().join("mode"), "exit").unwrap();
-    let out = ferricorn(&server, &["reload", "--wait"]);
+    let out = cli(&server, &["reload", "--wait"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -147,7 +147,7 @@ fn reload_wait_reports_the_outcome_and_the_old_generation_serves_on_failure() {
     assert_eq!(server.health()["generation"], 2);
     // Workers that never say ready: boot_timeout (3 s) ends it.
     std::fs::write(dir.path().join("mode"), "hang").unwrap();
-    let out = ferricorn(&server, &["reload", "--wait"]);
+    let out = cli(&server, &["reload", "--wait"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not ready within boot_timeout"),
@@ -161,7 +161,7 @@ fn reload_wait_reports_the_outcome_and_the_old_generation_serves_on_failure() {
     let good = std::fs::read_to_string(&server.config_path).unwrap();
     for bad in ["keepalive = -1", "workers = \"lots\""] {
         std::fs::write(&server.config_path, format!("{good}\n{bad}\n")).unwrap();
-        let out = ferricorn(&server, &["reload", "--wait"]);
+        let out = cli(&server, &["reload", "--wait"]);
         assert_eq!(out.status.code(), Some(78), "{bad}: {}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         let key = bad.split(' ').next().unwrap();
@@ -175,7 +175,7 @@ fn reload_wait_reports_the_outcome_and_the_old_generation_serves_on_failure() {
     // Fixed: the next reload succeeds (generations 3 and 4 were spent
     // failing; a config that does not load spends none).
     std::fs::write(&server.config_path, good).unwrap();
-    let out = ferricorn(&server, &["reload", "--wait"]);
+    let out = cli(&server, &["reload", "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(server.health()["generation"], 5);
 }
@@ -275,7 +275,7 @@ fn only_root_and_the_service_user_may_ask_and_bad_input_gets_an_error() {
     assert!(busy.contains("too many control clients"), "{busy}");
     drop(silent);
     let out = eventually("status once the silent clients left", PATIENCE, || {
-        let out = ferricorn(&server, &["status"]);
+        let out = cli(&server, &["status"]);
         out.status.success().then_some(out)
     });
     assert!(String::from_utf8_lossy(&out.stdout).contains("2/2 workers ready"));
