@@ -835,7 +835,11 @@ fn ttou_drains_the_highest_slot() {
         (!alive(slots[&3])).then_some(())
     });
     server.wait_log("reason=\"scaled down\"");
-    assert!(alive(slots[&1]) && alive(slots[&2]), "a lower slot drained");
+    assert!(
+        alive(slots[&1]) && alive(slots[&2]),
+        "a lower slot drained: {slots:?}\n{}",
+        server.log()
+    );
     assert_eq!(server.worker_pids().len(), 2);
 }
 
