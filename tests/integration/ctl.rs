@@ -225,9 +225,19 @@ fn exchange_ctl(socket: &Path, bytes: &[u8]) -> String {
 fn only_root_and_the_service_user_may_ask_and_bad_input_gets_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (server, socket) = server_with_control(dir.path());
+    // (The temp dir is root's 0700: let nobody reach the socket's file,
+    // and run a copy of the binary nobody may execute: the built one may
+    // sit under a directory nobody can enter, as in a renamed copy's
+    // checkout.)
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("cli");
+    std::fs::create_dir(&bin).unwrap();
+    let bin = bin.join("client");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     // Another user: the file's mode keeps it out...
     let as_nobody = |socket: &Path| {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(&bin);
         cmd.arg("--config")
             .arg(&server.config_path)
             .arg("status")
@@ -235,8 +245,6 @@ fn only_root_and_the_service_user_may_ask_and_bad_input_gets_an_error() {
         cmd.uid(65534).gid(65534);
         cmd.output().unwrap()
     };
-    // (The temp dir is root's 0700: let nobody reach the socket's file.)
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = as_nobody(&socket);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
