@@ -183,7 +183,7 @@ fn check_config(cli: &Cli, quiet: bool) -> Exit {
 /// the supervisor can say what is wrong), else the default.
 fn control_path(cli: &Cli) -> std::path::PathBuf {
     let key = cli.loader().control_socket();
-    crate::ctl::path_from(&key, true).unwrap_or_else(|| crate::ctl::DEFAULT_PATH.into())
+    crate::ctl::path(&key, true).unwrap_or_else(|| crate::ctl::DEFAULT_PATH.into())
 }
 
 fn status(cli: &Cli, json: bool) -> Exit {
@@ -215,12 +215,6 @@ fn status(cli: &Cli, json: bool) -> Exit {
     }
 }
 
-/// Says `message` where an `ExecReload=` line's output lands: stderr,
-/// which systemd puts in the journal and `systemctl status`.
-fn say(priority: Early, message: std::fmt::Arguments<'_>) {
-    logging::early(priority, message);
-}
-
 fn reload(cli: &Cli, wait: bool, pid: Option<u32>) -> Exit {
     use crate::ctl::{Answer, Request};
     let path = control_path(cli);
@@ -239,7 +233,7 @@ fn reload(cli: &Cli, wait: bool, pid: Option<u32>) -> Exit {
         // this is the only place it shows.
         Ok(Answer::Reloaded { from, to, took_ms }) => {
             if !crate::sys::stderr_is_journal() {
-                say(
+                logging::early(
                     Early::Notice,
                     format_args!("reload {from}→{to} complete in {took_ms} ms"),
                 );
@@ -252,7 +246,7 @@ fn reload(cli: &Cli, wait: bool, pid: Option<u32>) -> Exit {
             serving,
         }) => {
             if !crate::sys::stderr_is_journal() {
-                say(
+                logging::early(
                     Early::Error,
                     format_args!("reload failed: {error}; generation {serving} keeps serving"),
                 );
@@ -264,11 +258,11 @@ fn reload(cli: &Cli, wait: bool, pid: Option<u32>) -> Exit {
             }
         }
         Ok(Answer::Error { error }) => {
-            say(Early::Error, format_args!("reload refused: {error}"));
+            logging::early(Early::Error, format_args!("reload refused: {error}"));
             Exit::Failure
         }
         Ok(other) => {
-            say(
+            logging::early(
                 Early::Error,
                 format_args!("reload: unexpected answer {other:?}"),
             );
@@ -290,11 +284,11 @@ fn fallback(cli: &Cli, pid: Option<u32>, path: &std::path::Path, e: std::io::Err
     // An invalid config fails the reload whoever would have run it (and a
     // file that does not parse may be why the socket's path is unknown).
     if let Err(config) = cli.loader().load() {
-        say(Early::Error, format_args!("reload refused: {config}"));
+        logging::early(Early::Error, format_args!("reload refused: {config}"));
         return Exit::Config;
     }
     let Some(pid) = pid.filter(|_| unreachable) else {
-        say(
+        logging::early(
             Early::Error,
             format_args!(
                 "reload: cannot reach the supervisor at {}: {e}",
@@ -306,13 +300,13 @@ fn fallback(cli: &Cli, pid: Option<u32>, path: &std::path::Path, e: std::io::Err
     // SAFETY: kill(2) with a pid systemd named as the service's main process.
     if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
         let e = std::io::Error::last_os_error();
-        say(
+        logging::early(
             Early::Error,
             format_args!("reload: cannot signal pid {pid}: {e}"),
         );
         return Exit::Failure;
     }
-    say(
+    logging::early(
         Early::Warning,
         format_args!(
             "reload: no control socket at {} (a supervisor older than it is running); sent SIGHUP to {pid}, whose outcome is not reported: restart once to have it",

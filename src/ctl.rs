@@ -17,8 +17,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-
 /// Longest request line the supervisor reads; anything longer is refused.
 pub const MAX_REQUEST: usize = 256;
 /// Where the socket is when the config names none and systemd gave no
@@ -116,16 +114,11 @@ pub struct WorkerRow {
     pub memory_bytes: Option<u64>,
 }
 
-/// The socket's path: `control_socket` if set, else
+/// The socket's path: the config's `control_socket` if set, else
 /// `$RUNTIME_DIRECTORY/control.sock` (systemd sets the variable for the
 /// service and its `ExecReload=`), else none for the server (no socket
 /// outside systemd unless asked for) and [`DEFAULT_PATH`] for a client.
-pub fn path(config: &Config, client: bool) -> Option<PathBuf> {
-    path_from(&config.control_socket, client)
-}
-
-/// [`path`] from the `control_socket` value alone.
-pub fn path_from(control_socket: &str, client: bool) -> Option<PathBuf> {
+pub fn path(control_socket: &str, client: bool) -> Option<PathBuf> {
     if !control_socket.is_empty() {
         return Some(PathBuf::from(control_socket));
     }

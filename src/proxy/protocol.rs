@@ -5,7 +5,7 @@
 //! malformed one, is answered 400 and closed; the addresses are believed
 //! only from a peer in `forwarded_allow_ips`, as the headers are.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ppp::PartialResult;
@@ -48,12 +48,8 @@ pub fn parse(bytes: &[u8]) -> Parsed {
         ppp::HeaderResult::V1(Ok(header)) => Parsed::Header {
             len: header.header.len(),
             source: match header.addresses {
-                ppp::v1::Addresses::Tcp4(a) => {
-                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-                }
-                ppp::v1::Addresses::Tcp6(a) => {
-                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-                }
+                ppp::v1::Addresses::Tcp4(a) => Some((a.source_address, a.source_port).into()),
+                ppp::v1::Addresses::Tcp6(a) => Some((a.source_address, a.source_port).into()),
                 ppp::v1::Addresses::Unknown => None,
             },
         },
@@ -61,10 +57,10 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             len: header.len(),
             source: match (header.command, header.addresses) {
                 (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
-                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+                    Some((a.source_address, a.source_port).into())
                 }
                 (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv6(a)) => {
-                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+                    Some((a.source_address, a.source_port).into())
                 }
                 _ => None,
             },

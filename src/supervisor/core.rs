@@ -265,7 +265,6 @@ impl<O: Os> Supervisor<O> {
         self.os.notify(Note::Reloading);
         let path = self.loader.path().display().to_string();
         tracing::info!(config = %path, "reloading: reading {path}");
-        self.reload.began = Some(now);
         let config = match self.loader.load() {
             Ok(c) => c,
             Err(e) => return self.reload_failed(e.to_string(), true, now),
@@ -288,6 +287,7 @@ impl<O: Os> Supervisor<O> {
         );
         tracing::info!(generation = to, %build, workers, "reload {from}→{to}: starting {workers} new workers (build {build})");
         self.reload.step = Step::Starting {
+            began: now,
             deadline: now + secs(generation.config.boot_timeout),
             generation,
         };
@@ -305,7 +305,6 @@ impl<O: Os> Supervisor<O> {
             });
         }
         tracing::error!(reason = %why, "reload failed: {why}; generation {serving} keeps serving");
-        self.reload.began = None;
         self.board.last_reload = Some(format!("FAILED: {why}"));
         self.reload.step = Step::Idle;
         self.announce_ready(now);
@@ -324,7 +323,10 @@ impl<O: Os> Supervisor<O> {
 
     /// The new generation is fully ready: it serves, the old one drains.
     fn promote(&mut self, now: Instant) {
-        let Step::Starting { generation, .. } = std::mem::take(&mut self.reload.step) else {
+        let Step::Starting {
+            generation, began, ..
+        } = std::mem::take(&mut self.reload.step)
+        else {
             return;
         };
         let old = std::mem::replace(&mut self.serving, generation).number;
@@ -340,8 +342,9 @@ impl<O: Os> Supervisor<O> {
             to = number,
             "reload {old}→{number}: new generation serving; old one draining"
         );
-        self.reload.from = old;
         self.reload.step = Step::Quiescing {
+            from: old,
+            began,
             waiting: stale,
             deadline: now + QUIESCE_TIMEOUT,
         };
@@ -351,17 +354,22 @@ impl<O: Os> Supervisor<O> {
     /// Sends the post-reload `READY=1` once the old generation has stopped
     /// accepting (or [`QUIESCE_TIMEOUT`] passed).
     fn check_quiesced(&mut self, now: Instant) {
-        let Step::Quiescing { waiting, deadline } = &mut self.reload.step else {
+        let Step::Quiescing {
+            waiting,
+            deadline,
+            from,
+            began,
+        } = &mut self.reload.step
+        else {
             return;
         };
         let workers = &self.workers;
         waiting.retain(|&pid| workers.get(pid).is_some_and(|w| w.killed_for.is_none()));
         if waiting.is_empty() || now > *deadline {
+            let (from, to, took) = (*from, self.serving.number, now.duration_since(*began));
             self.reload.step = Step::Idle;
-            let (from, to) = (self.reload.from, self.serving.number);
-            let took = self.reload.began.take().map(|t| now.duration_since(t));
-            let duration_ms = took.map_or(0, |d| d.as_millis() as u64);
-            let took = took.map(super::workers::human).unwrap_or_default();
+            let duration_ms = took.as_millis() as u64;
+            let took = super::workers::human(took);
             tracing::info!(
                 generation = to,
                 duration_ms,

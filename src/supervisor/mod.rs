@@ -62,7 +62,7 @@ pub async fn run(
     // answers while they boot. Without one the service runs as before;
     // `ferricorn reload` then says it cannot reach it.
     let (ctl_tx, mut asked) = mpsc::unbounded_channel();
-    if let Some(path) = crate::ctl::path(&config, false) {
+    if let Some(path) = crate::ctl::path(&config.control_socket, false) {
         match ctl::bind(&path) {
             Ok(listener) => {
                 tokio::spawn(ctl::serve(listener, ctl_tx));

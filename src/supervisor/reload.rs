@@ -21,6 +21,8 @@ pub(super) enum Step {
     Starting {
         generation: Generation,
         deadline: Instant,
+        /// When the reload began, for "complete in …".
+        began: Instant,
     },
     /// The new generation serves. `READY=1` waits until these old workers
     /// have said they stopped accepting (or `deadline`), so a client that
@@ -28,6 +30,9 @@ pub(super) enum Step {
     Quiescing {
         waiting: Vec<u32>,
         deadline: Instant,
+        /// The generation it replaced, and when the reload began.
+        from: u64,
+        began: Instant,
     },
 }
 
@@ -39,10 +44,6 @@ pub(super) struct Reload {
     /// A SIGHUP arrived during the first start or another reload: run it
     /// once that is over.
     pub queued: bool,
-    /// When the reload under way began, for "complete in …".
-    pub began: Option<Instant>,
-    /// The generation it replaced, once the new one serves.
-    pub from: u64,
     /// Control-socket clients (`ferricorn reload`) waiting for this
     /// reload's outcome, and those waiting for the queued one. Dropped
     /// with the reload by a stop, which the clients then hear.

@@ -3,9 +3,11 @@
 //! `NOTIFY_SOCKET` datagram socket the test reads. Everything is polled with
 //! deadlines; nothing sleeps for synchronisation.
 
+mod daemon;
 mod haproxy;
 mod nginx;
 mod ws;
+pub use daemon::*;
 pub use haproxy::*;
 pub use nginx::*;
 pub use ws::*;
@@ -561,22 +563,9 @@ pub fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
         .ok_or_else(|| std::io::Error::other("no response"))
 }
 
-/// One request on a new connection to a Unix socket (`Connection: close`).
-pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<Response> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    parse_response(&raw)
-}
-
-/// One request on a new connection (`Connection: close`).
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+/// `GET path` with `Connection: close` on a connection just opened, and
+/// its response.
+fn get_on(mut s: impl Read + Write, path: &str) -> std::io::Result<Response> {
     // One write: `write!` sends each piece on its own, and Nagle plus the
     // server's delayed ACK would hold the last piece back for 40 ms.
     s.write_all(
@@ -585,6 +574,20 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
+}
+
+/// One request on a new connection to a Unix socket (`Connection: close`).
+pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<Response> {
+    let s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    get_on(s, path)
+}
+
+/// One request on a new connection (`Connection: close`).
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    get_on(s, path)
 }
 
 /// A keep-alive HTTP/1.1 client: requests on one connection until the

@@ -12,22 +12,35 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
 
-/// One request from source address `from` (any of 127/8 is this host),
-/// with extra header lines; the response.
-fn request_from(from: IpAddr, to: SocketAddr, path: &str, headers: &str) -> Response {
+/// From source address `from` (any of 127/8 is this host): `prefix`, then
+/// `GET path` with extra header lines; the response. A server may answer
+/// and close before all is written: what it answered is what counts.
+fn exchange_from(
+    from: IpAddr,
+    to: SocketAddr,
+    prefix: &[u8],
+    path: &str,
+    headers: &str,
+) -> Response {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
     socket.connect(&to.into()).unwrap();
     let mut s: TcpStream = socket.into();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
+    let mut bytes = prefix.to_vec();
+    bytes.extend_from_slice(
         format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\r\n")
             .as_bytes(),
-    )
-    .unwrap();
+    );
+    let _ = s.write_all(&bytes);
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    parse_response(&raw).unwrap()
+    let _ = s.read_to_end(&mut raw);
+    parse_response(&raw).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&raw)))
+}
+
+/// One request from `from`, with extra header lines.
+fn request_from(from: IpAddr, to: SocketAddr, path: &str, headers: &str) -> Response {
+    exchange_from(from, to, &[], path, headers)
 }
 
 fn client_of(r: &Response) -> (String, String) {
@@ -109,7 +122,7 @@ fn only_a_trusted_proxy_names_the_client() {
 #[test]
 fn nginx_in_front_over_tcp_gives_the_client_address() {
     let server = Server::ready(Options::default());
-    let nginx = Nginx::start(Upstream::Tcp(server.addr));
+    let nginx = nginx(Upstream::Tcp(server.addr));
     through_nginx(&server, &nginx, "tcp");
     // And a client that talks to ferricorn directly cannot spoof it.
     let r = request_from(
@@ -128,7 +141,7 @@ fn nginx_in_front_over_a_unix_socket_gives_the_client_address() {
         ..Options::default()
     });
     let path = server.unix_path.clone().unwrap();
-    let nginx = Nginx::start(Upstream::Unix(&path));
+    let nginx = nginx(Upstream::Unix(&path));
     through_nginx(&server, &nginx, "unix");
     // A local process on the socket without a proxy header is `unix`.
     let r = get_unix(&path, "/health?direct-unix").unwrap();
@@ -142,7 +155,7 @@ fn nginx_in_front_over_a_unix_socket_gives_the_client_address() {
 
 /// `/health`, `/ws` and a chat room through nginx from a client address
 /// of the test's choosing, which ferricorn's access log and `/health` name.
-fn through_nginx(server: &Server, nginx: &Nginx, tag: &str) {
+fn through_nginx(server: &Server, nginx: &Daemon, tag: &str) {
     let client = ip("127.0.0.77");
     let path = format!("/health?via-nginx-{tag}");
     // The client's own X-Forwarded-For is kept by nginx but not believed.
@@ -151,7 +164,7 @@ fn through_nginx(server: &Server, nginx: &Nginx, tag: &str) {
         client_of(&r),
         ("127.0.0.77".into(), "http".into()),
         "{}",
-        nginx.error_log()
+        nginx.log()
     );
     let line = access_line(server, &path);
     assert!(
@@ -211,23 +224,10 @@ fn bind_unix_takes_over_a_stale_socket_file_and_refuses_a_live_one() {
     drop(server);
 }
 
-/// A connection that opens with `prefix` then asks `GET path`; the answer
-/// (the connection is closed after it).
+/// A connection that opens with `prefix` then asks `GET path`; the status
+/// and body of the answer.
 fn with_prefix(from: IpAddr, to: SocketAddr, prefix: &[u8], path: &str) -> (u16, String) {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
-    socket.connect(&to.into()).unwrap();
-    let mut s: TcpStream = socket.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut bytes = prefix.to_vec();
-    bytes.extend_from_slice(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    );
-    let _ = s.write_all(&bytes);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let r =
-        parse_response(&raw).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&raw)));
+    let r = exchange_from(from, to, prefix, path, "");
     (r.status, r.body)
 }
 
@@ -311,7 +311,7 @@ fn haproxy_in_front_with_send_proxy_v2_gives_the_client_address() {
         config: "proxy_protocol = true".into(),
         ..Options::default()
     });
-    let haproxy = Haproxy::start(server.addr);
+    let haproxy = haproxy(server.addr);
     let r = request_from(ip("127.0.0.66"), haproxy.addr, "/health?via-haproxy", "");
     assert_eq!(client_of(&r).0, "127.0.0.66", "{}", haproxy.log());
     let line = access_line(&server, "/health?via-haproxy");

@@ -733,14 +733,6 @@ struct Redis {
 }
 
 impl Redis {
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
     /// Not started yet: the port nothing listens on.
     fn stopped(port: u16) -> Redis {
         Redis {
@@ -794,7 +786,7 @@ fn pubsub_of(server: &Server, workers: usize) -> Vec<serde_json::Value> {
 
 #[test]
 fn two_hosts_share_a_room_through_redis_and_survive_its_restart() {
-    let mut redis = Redis::stopped(Redis::free_port());
+    let mut redis = Redis::stopped(free_port());
     let options = || Options {
         workers: 2,
         config: format!("pubsub_url = \"{}\"", redis.url()),

@@ -57,6 +57,7 @@ impl<O: Os> Supervisor<O> {
         if let Step::Starting {
             deadline,
             generation,
+            ..
         } = &self.reload.step
         {
             if now > *deadline {
