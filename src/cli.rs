@@ -85,6 +85,9 @@ pub enum Command {
         /// The pub/sub hub's socket follows the listeners.
         #[arg(long)]
         pubsub: bool,
+        /// The service serves `/metrics`: count and report.
+        #[arg(long)]
+        metrics: bool,
     },
 }
 
@@ -133,6 +136,7 @@ pub fn main(app: App) -> ExitCode {
             ref build,
             listeners,
             pubsub,
+            metrics,
         } => worker::run(
             worker::WorkerArgs {
                 slot,
@@ -140,6 +144,7 @@ pub fn main(app: App) -> ExitCode {
                 build: build.clone(),
                 listeners,
                 pubsub,
+                metrics,
             },
             app,
         ),
@@ -327,11 +332,12 @@ fn serve(cli: &Cli) -> Result<Exit, StartError> {
     let config = config_or_wait(&loader)?;
     // Before any thread exists: listenfd edits the environment.
     let exe = worker_executable().map_err(StartError::Executable)?;
-    let sockets = listen::open(
+    let opened = listen::open(
         &config.bind_target(),
         config.backlog,
         config.reuse_port,
         config.unix_mode(),
+        config.metrics_target().as_ref(),
     )?;
     logging::init(
         config.log_level,
@@ -345,7 +351,7 @@ fn serve(cli: &Cli) -> Result<Exit, StartError> {
         .map_err(StartError::Runtime)?;
     runtime.block_on(async {
         let intents = supervisor::signals::forward().map_err(StartError::Signals)?;
-        supervisor::run(loader, config, exe, sockets, intents).await
+        supervisor::run(loader, config, exe, opened, intents).await
     })
 }
 

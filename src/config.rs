@@ -76,6 +76,10 @@ pub struct Config {
     /// When ferricorn binds itself: one `SO_REUSEPORT` socket per worker
     /// slot instead of one shared socket (see the README's measurements).
     pub reuse_port: bool,
+    /// Where `/metrics` is served when systemd passes no socket named
+    /// `metrics`: `host:port` or `unix:/path`; empty (the default): nowhere.
+    /// Never the public socket.
+    pub metrics_bind: String,
     /// Worker processes to run; defaults to the CPUs this process may use.
     pub workers: usize,
     /// Runtime threads per worker; 1 runs a single-threaded event loop.
@@ -171,6 +175,7 @@ impl Default for Config {
             unix_socket_mode: "0660".to_owned(),
             backlog: DEFAULT_BACKLOG,
             reuse_port: false,
+            metrics_bind: String::new(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             threads: 1,
             timeout: 30.0,
@@ -210,6 +215,18 @@ impl Config {
     /// `Config` built by hand can have one.
     pub fn bind_target(&self) -> crate::listen::Bind {
         self.bind.parse().expect("bind was validated at load")
+    }
+
+    /// `metrics_bind` as an address, if set.
+    ///
+    /// # Panics
+    /// On a value [`Loader::load`] refuses.
+    pub fn metrics_target(&self) -> Option<crate::listen::Bind> {
+        (!self.metrics_bind.is_empty()).then(|| {
+            self.metrics_bind
+                .parse()
+                .expect("metrics_bind was validated at load")
+        })
     }
 
     /// `unix_socket_mode` as permission bits.
@@ -310,6 +327,16 @@ impl Config {
         }
         if let Err(problem) = parse_mode(&self.unix_socket_mode) {
             out.push(("unix_socket_mode", problem));
+        }
+        if !self.metrics_bind.is_empty() {
+            match self.metrics_bind.parse::<crate::listen::Bind>() {
+                Err(problem) => out.push(("metrics_bind", problem)),
+                Ok(metrics) if self.bind.parse().ok().as_ref() == Some(&metrics) => out.push((
+                    "metrics_bind",
+                    "is the public socket (bind): /metrics needs one of its own, like 127.0.0.1:9097".into(),
+                )),
+                Ok(_) => {}
+            }
         }
         let at_least_one = [
             ("workers", self.workers),

@@ -3,8 +3,9 @@
 //!
 //! Supervisor → worker: the resolved config as the first line (JSON), then
 //! the supervisor's live figures ([`SupervisorStatus`], JSON) every few
-//! seconds. Worker → supervisor: `ready`, `heartbeat`, `retire`,
-//! `draining`. Stop requests go by signal,
+//! seconds. Worker → supervisor: `ready`, `heartbeat`, `metrics` (its
+//! counts for `/metrics`, JSON), `retire`, `draining`. Stop requests go by
+//! signal,
 //! not here, so that a worker with a wedged event loop still gets them.
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,9 @@ pub enum WorkerMessage {
     Retire(String),
     /// Stopped accepting (drain started); finishing what is open.
     Draining,
+    /// The worker's counts since it started, for `/metrics`: sent with
+    /// each heartbeat and once more just before it exits.
+    Metrics(Box<crate::metrics::Report>),
 }
 
 /// The supervisor's live figures: what `STATUS=` says, as data, so each
@@ -114,6 +118,11 @@ impl WorkerMessage {
                 reason.replace(|c: char| c.is_ascii_whitespace(), "_")
             ),
             WorkerMessage::Draining => "draining\n".to_owned(),
+            // Compact JSON has no newline in it.
+            WorkerMessage::Metrics(report) => format!(
+                "metrics {}\n",
+                serde_json::to_string(report).expect("a Report encodes as JSON")
+            ),
         }
     }
 
@@ -122,6 +131,11 @@ impl WorkerMessage {
     /// # Errors
     /// Anything that is not exactly one of the messages `encode` writes.
     pub fn decode(line: &str) -> Result<Self, DecodeError> {
+        if let Some(json) = line.strip_prefix("metrics ") {
+            return serde_json::from_str(json)
+                .map(|report| WorkerMessage::Metrics(Box::new(report)))
+                .map_err(|_| DecodeError::Malformed("metrics"));
+        }
         let mut words = line.split_ascii_whitespace();
         let kind = words.next().ok_or(DecodeError::Empty)?;
         let rest: Vec<&str> = words.collect();
@@ -144,6 +158,7 @@ impl WorkerMessage {
             ("retire", _) => Err(DecodeError::Malformed("retire")),
             ("draining", []) => Ok(WorkerMessage::Draining),
             ("draining", _) => Err(DecodeError::Malformed("draining")),
+            ("metrics", _) => Err(DecodeError::Malformed("metrics")),
             (other, _) => Err(DecodeError::Unknown(other.chars().take(32).collect())),
         }
     }
@@ -164,6 +179,16 @@ mod tests {
             }),
             WorkerMessage::Retire("max_requests".into()),
             WorkerMessage::Draining,
+            WorkerMessage::Metrics(Box::new(crate::metrics::Report {
+                requests: 3,
+                routes: vec![crate::metrics::RouteReport {
+                    route: "/chat/{room}".into(),
+                    requests: vec![(0, 1, 3)],
+                    buckets: vec![3],
+                    sum_us: 120,
+                }],
+                ..crate::metrics::Report::default()
+            })),
         ];
         for m in messages {
             let line = m.encode();
@@ -214,5 +239,7 @@ mod tests {
         assert!(WorkerMessage::decode("heartbeat a b c").is_err());
         assert!(WorkerMessage::decode("ready now").is_err());
         assert!(WorkerMessage::decode("launch").is_err());
+        assert!(WorkerMessage::decode("metrics").is_err());
+        assert!(WorkerMessage::decode("metrics {\"requests\": -1}").is_err());
     }
 }

@@ -16,6 +16,7 @@
 //! - [`ctl`]: the operator's control socket (`ferricorn status`, `reload`).
 //! - [`exit`]: every exit code, and why a start fails.
 //! - [`logging`]: journald or stderr.
+//! - [`metrics`]: what workers report for `/metrics`, summed by the supervisor.
 //! - [`proxy`]: the client behind a proxy (`forwarded_allow_ips`, [`proxy::Client`]).
 //! - [`pubsub`]: messages across workers and hosts (`ctx.pubsub`).
 //! - [`sys`]: the raw OS calls, each wrapped once.
@@ -28,6 +29,7 @@ pub mod ctl;
 pub mod exit;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod pubsub;
 pub mod supervisor;

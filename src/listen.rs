@@ -2,7 +2,9 @@
 //! `LISTEN_FDNAMES`, sd_listen_fds(3)) or, without them, bound from `bind`:
 //! TCP, or a Unix-domain stream socket (`ListenStream=/run/…/x.sock`,
 //! `bind = "unix:/path"`), which is how nginx reaches an upstream on the
-//! same host without a port.
+//! same host without a port. A socket systemd names `metrics` (or
+//! `metrics_bind`) is kept apart: the supervisor serves `/metrics` there,
+//! and workers never receive it.
 //!
 //! Called before any thread exists, because listenfd removes the variables
 //! from the environment and `remove_var` is only sound single-threaded.
@@ -18,6 +20,9 @@ use crate::sys;
 
 /// First descriptor systemd passes (sd_listen_fds(3): `SD_LISTEN_FDS_START`).
 const SD_LISTEN_FDS_START: RawFd = 3;
+
+/// The `FileDescriptorName=` of the socket `/metrics` is served on.
+pub const METRICS_NAME: &str = "metrics";
 
 /// One listening socket (TCP or Unix) with the name systemd gave it
 /// (`FileDescriptorName=`), or its address when ferricorn bound it.
@@ -71,6 +76,8 @@ pub enum ListenError {
     BadPid(String),
     #[error("LISTEN_FDS=0: systemd passed no socket")]
     NoSockets,
+    #[error("systemd passed only the metrics socket: the service's own socket unit (FileDescriptorName=http) is not running")]
+    OnlyMetrics,
     #[error("passed descriptor {fd} ({name}): {problem}")]
     BadSocket {
         fd: RawFd,
@@ -107,23 +114,53 @@ fn listeners(
     backlog: u32,
     reuse_port: bool,
     mode: u32,
+) -> Result<(Vec<Listener>, Vec<Listener>, Origin), ListenError> {
+    if let Some(passed) = from_systemd()? {
+        let (metrics, http): (Vec<_>, Vec<_>) = passed
+            .into_iter()
+            .partition(|(name, _)| name == METRICS_NAME);
+        if http.is_empty() {
+            return Err(ListenError::OnlyMetrics);
+        }
+        let strip = |v: Vec<(String, Listener)>| v.into_iter().map(|(_, l)| l).collect();
+        return Ok((strip(http), strip(metrics), Origin::Systemd));
+    }
+    let (http, origin) = bound(bind, backlog, reuse_port, mode)?;
+    Ok((http, Vec::new(), origin))
+}
+
+/// A socket bound to `bind`, and how.
+fn bound(
+    bind: &Bind,
+    backlog: u32,
+    reuse_port: bool,
+    mode: u32,
 ) -> Result<(Vec<Listener>, Origin), ListenError> {
-    match (from_systemd()?, bind) {
-        (Some(listeners), _) => Ok((listeners, Origin::Systemd)),
-        (None, Bind::Tcp(addr)) => Ok((
+    match bind {
+        Bind::Tcp(addr) => Ok((
             vec![bind_one(*addr, backlog, reuse_port)?],
             Origin::Bound { reuse_port },
         )),
         // One socket file, one queue: SO_REUSEPORT has no meaning here.
-        (None, Bind::Unix(path)) => Ok((
+        Bind::Unix(path) => Ok((
             vec![bind_unix(path, backlog, mode)?],
             Origin::Bound { reuse_port: false },
         )),
     }
 }
 
+/// What the supervisor listens on.
+#[derive(Debug)]
+pub struct Opened {
+    /// The service's sockets, handed to workers.
+    pub sockets: Sockets,
+    /// Where `/metrics` is served (the supervisor's alone); empty: nowhere.
+    pub metrics: Vec<Listener>,
+}
+
 /// The supervisor's sockets: [`listeners`], each lifted above the
-/// descriptors workers receive, arranged by [`Sockets::new`].
+/// descriptors workers receive, arranged by [`Sockets::new`]; and the
+/// metrics sockets: systemd's, or `metrics` bound when it passed none.
 ///
 /// # Errors
 /// As [`listeners`], or a descriptor table too small to lift into.
@@ -132,13 +169,17 @@ pub fn open(
     backlog: u32,
     reuse_port: bool,
     mode: u32,
-) -> Result<Sockets, ListenError> {
-    let (listeners, origin) = listeners(bind, backlog, reuse_port, mode)?;
-    let lifted = listeners
-        .into_iter()
-        .map(lift)
-        .collect::<Result<Vec<_>, _>>()?;
-    Sockets::new(lifted, origin, backlog)
+    metrics: Option<&Bind>,
+) -> Result<Opened, ListenError> {
+    let (listeners, mut metrics_listeners, origin) = listeners(bind, backlog, reuse_port, mode)?;
+    if let (true, Some(metrics)) = (metrics_listeners.is_empty(), metrics) {
+        metrics_listeners = bound(metrics, backlog, false, mode)?.0;
+    }
+    let lift_all = |v: Vec<Listener>| v.into_iter().map(lift).collect::<Result<Vec<_>, _>>();
+    Ok(Opened {
+        sockets: Sockets::new(lift_all(listeners)?, origin, backlog)?,
+        metrics: lift_all(metrics_listeners)?,
+    })
 }
 
 /// Whether systemd passed this process listening sockets (`LISTEN_FDS`
@@ -162,7 +203,7 @@ pub fn systemd_client_waiting() -> bool {
 /// sd_listen_fds(3) with the checks listenfd leaves out: it silently ignores
 /// a non-numeric `LISTEN_FDS`, which would make ferricorn bind a second
 /// socket of its own behind systemd's back.
-fn from_systemd() -> Result<Option<Vec<Listener>>, ListenError> {
+fn from_systemd() -> Result<Option<Vec<(String, Listener)>>, ListenError> {
     let Ok(count) = std::env::var("LISTEN_FDS") else {
         return Ok(None);
     };
@@ -228,15 +269,21 @@ fn from_systemd() -> Result<Option<Vec<Listener>>, ListenError> {
             ));
         }
         // The name and where it listens, for the start-up line.
-        let name = match socket.local_addr().ok() {
+        let shown = match socket.local_addr().ok() {
             Some(addr) => match (addr.as_socket(), addr.as_pathname()) {
                 (Some(tcp), _) => format!("{name} ({tcp})"),
                 (None, Some(path)) => format!("{name} (unix:{})", path.display()),
-                _ => name,
+                _ => name.clone(),
             },
-            None => name,
+            None => name.clone(),
         };
-        out.push(Listener { name, socket });
+        out.push((
+            name,
+            Listener {
+                name: shown,
+                socket,
+            },
+        ));
     }
     Ok(Some(out))
 }
@@ -427,6 +474,23 @@ impl Sockets {
     pub fn release_above(&mut self, keep: usize) {
         if let Sockets::PerSlot { slots, .. } = self {
             slots.retain(|&slot, _| slot <= keep);
+        }
+    }
+
+    /// Each TCP socket's accept queue: (name, waiting, size).
+    pub fn queues(&self) -> Vec<(String, u32, u32)> {
+        let each = |name: String, l: &Listener| {
+            sys::listen_queue(l.socket.as_raw_fd()).map(|(queued, limit)| (name, queued, limit))
+        };
+        match self {
+            Sockets::Shared(listeners) => listeners
+                .iter()
+                .filter_map(|l| each(l.name.clone(), l))
+                .collect(),
+            Sockets::PerSlot { addr, slots, .. } => slots
+                .iter()
+                .filter_map(|(slot, l)| each(format!("{addr} (worker {slot})"), l))
+                .collect(),
         }
     }
 

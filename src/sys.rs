@@ -39,6 +39,28 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 }
 
 /// Whether the socket at `fd` is in the listening state (SO_ACCEPTCONN).
+/// A listening TCP socket's accept queue: (connections waiting, the
+/// queue's size). Linux reports both through `TCP_INFO` (`tcpi_unacked`
+/// and `tcpi_sacked` of a socket in LISTEN state, as `ss -lt` shows them);
+/// `None` for other sockets (a Unix socket has no such figure).
+pub fn listen_queue(fd: RawFd) -> Option<(u32, u32)> {
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: info and len point at live locals of the sizes passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // TCP_LISTEN is state 10 (include/net/tcp_states.h).
+    (rc == 0 && info.tcpi_state == 10).then_some((info.tcpi_unacked, info.tcpi_sacked))
+}
+
 pub fn is_listening(fd: RawFd) -> bool {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

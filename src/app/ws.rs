@@ -68,12 +68,29 @@ where
 /// may return a reply; each item of `outgoing` (messages from elsewhere,
 /// e.g. a chat room) is sent as it comes. Pings, the ping timeout, bounded
 /// sends, close codes and the drain's close are handled here, once.
-pub async fn session<S, F>(
+pub async fn session<S, F>(socket: WebSocket, ctx: &WorkerContext, outgoing: S, on_message: F)
+where
+    S: futures_util::Stream<Item = Message>,
+    F: FnMut(Message) -> Option<Message>,
+{
+    let code = converse(socket, ctx, outgoing, on_message).await;
+    ctx.metrics.ws_closed(code);
+}
+
+/// Close code for a connection that ended without a Close frame (RFC 6455
+/// §7.1.5: it is never sent, only reported).
+const CLOSE_ABNORMAL: u16 = 1006;
+/// Close code for a Close frame without one.
+const CLOSE_NO_STATUS: u16 = 1005;
+
+/// [`session`]'s conversation; returns the code the WebSocket closed with.
+async fn converse<S, F>(
     mut socket: WebSocket,
     ctx: &WorkerContext,
     outgoing: S,
     mut on_message: F,
-) where
+) -> u16
+where
     S: futures_util::Stream<Item = Message>,
     F: FnMut(Message) -> Option<Message>,
 {
@@ -91,16 +108,16 @@ pub async fn session<S, F>(
         tokio::select! {
             () = ctx.drain.draining() => {
                 close(&mut socket, ctx.drain.close_code(), ctx.drain.close_reason()).await;
-                return;
+                return ctx.drain.close_code();
             }
             () = tokio::time::sleep_until(wake), if pings => {
                 if answer_by.is_some() {
                     tracing::debug!("WebSocket ping unanswered; closing");
                     close(&mut socket, CLOSE_PING_TIMEOUT, "ping timeout").await;
-                    return;
+                    return CLOSE_PING_TIMEOUT;
                 }
-                if !send_or_close(&mut socket, vec![Message::Ping(Default::default())], patience, ctx).await {
-                    return;
+                if let Err(code) = send_or_close(&mut socket, vec![Message::Ping(Default::default())], patience, ctx).await {
+                    return code;
                 }
                 answer_by = Some(Instant::now() + patience);
             }
@@ -114,8 +131,8 @@ pub async fn session<S, F>(
                         _ => break,
                     }
                 }
-                if !send_or_close(&mut socket, batch, patience, ctx).await {
-                    return;
+                if let Err(code) = send_or_close(&mut socket, batch, patience, ctx).await {
+                    return code;
                 }
             }
             message = socket.recv() => {
@@ -124,23 +141,27 @@ pub async fn session<S, F>(
                 ping_due = Instant::now() + interval;
                 match message {
                     Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        ctx.metrics.ws_received(1);
                         if let Some(reply) = on_message(message) {
-                            if !send_or_close(&mut socket, vec![reply], patience, ctx).await {
-                                return;
+                            if let Err(code) = send_or_close(&mut socket, vec![reply], patience, ctx).await {
+                                return code;
                             }
                         }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) => {
+                    Some(Ok(Message::Close(frame))) => {
                         answer_close(socket).await;
-                        return;
+                        return frame.map_or(CLOSE_NO_STATUS, |f| f.code);
                     }
-                    None => return,
+                    None => return CLOSE_ABNORMAL,
                     Some(Err(error)) => {
-                        if let Some((code, reason)) = close_code_for(error) {
-                            close(&mut socket, code, reason).await;
-                        }
-                        return;
+                        return match close_code_for(error) {
+                            Some((code, reason)) => {
+                                close(&mut socket, code, reason).await;
+                                code
+                            }
+                            None => CLOSE_ABNORMAL,
+                        };
                     }
                 }
             }
@@ -148,8 +169,8 @@ pub async fn session<S, F>(
     }
 }
 
-/// Sends messages (written together, flushed once); false if the session
-/// is over: the send failed, or the client has not taken them within
+/// Sends messages (written together, flushed once); `Err` with the code the
+/// session ended with if it is over: the send failed, or the client has not taken them within
 /// `patience` (it stopped reading: what is queued for it is one batch,
 /// never more; it is dropped), or the worker began draining meanwhile (the
 /// client then gets the drain's close code, like any other member: a send
@@ -159,30 +180,36 @@ async fn send_or_close(
     messages: Vec<Message>,
     patience: Duration,
     ctx: &WorkerContext,
-) -> bool {
+) -> Result<(), u16> {
     use futures_util::SinkExt;
+    let data = messages
+        .iter()
+        .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
+        .count() as u64;
     let send = async {
         for message in messages {
             socket.feed(message).await?;
         }
         socket.flush().await
     };
-    let draining = tokio::select! {
+    tokio::select! {
         sent = tokio::time::timeout(patience, send) => match sent {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
+            Ok(Ok(())) => {
+                ctx.metrics.ws_sent(data);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(CLOSE_ABNORMAL),
             Err(_) => {
                 tracing::debug!("WebSocket client not reading; dropping it");
-                return false;
+                Err(CLOSE_ABNORMAL)
             }
         },
-        () = ctx.drain.draining() => true,
-    };
-    if draining {
-        // Bounded by the close handshake's own timeout.
-        close(socket, ctx.drain.close_code(), ctx.drain.close_reason()).await;
+        () = ctx.drain.draining() => {
+            // Bounded by the close handshake's own timeout.
+            close(socket, ctx.drain.close_code(), ctx.drain.close_reason()).await;
+            Err(ctx.drain.close_code())
+        }
     }
-    false
 }
 
 /// Sends a Close frame and waits for the client's reply, so the client

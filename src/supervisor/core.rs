@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::exit_status;
+use super::metrics::ExitCause;
 use super::notify::Note;
 use super::relay::Event;
 use super::reload::{Reload, Step};
@@ -160,7 +161,7 @@ impl<O: Os> Supervisor<O> {
             .workers
             .pids(|w| w.generation == number && w.slot > target && w.state != State::Draining);
         for pid in surplus {
-            self.drain(pid, "scaled down", now);
+            self.drain(pid, "scaled down", Some(ExitCause::ScaleDown), now);
         }
         let new_target = self.reload.starting().map_or(0, |g| g.target);
         self.os.release_sockets_above(target.max(new_target));
@@ -190,7 +191,8 @@ impl<O: Os> Supervisor<O> {
     }
 
     /// SIGHUP to one worker: finish in flight, close WebSockets with 1012.
-    fn drain(&mut self, pid: u32, why: &str, now: Instant) {
+    /// `cause` is what its exit counts as, unless it already had one.
+    fn drain(&mut self, pid: u32, why: &str, cause: Option<ExitCause>, now: Instant) {
         let grace = secs(self.serving.config.graceful_timeout);
         let Some(w) = self.workers.get_mut(pid) else {
             return;
@@ -202,10 +204,11 @@ impl<O: Os> Supervisor<O> {
         tracing::info!(slot, generation, pid, reason = why, "{who} draining: {why}");
         w.state = State::Draining;
         w.drain_deadline = Some(now + grace);
+        w.leaving = w.leaving.or(cause);
         self.os.signal(pid, libc::SIGHUP);
     }
 
-    fn kill(&mut self, pid: u32, why: String) {
+    fn kill(&mut self, pid: u32, why: String, cause: ExitCause) {
         let Some(w) = self.workers.get_mut(pid) else {
             return;
         };
@@ -215,6 +218,7 @@ impl<O: Os> Supervisor<O> {
         let who = w.label(pid);
         tracing::warn!(slot = w.slot, generation = w.generation, pid, reason = %why, "killing {who}: {why}");
         w.killed_for = Some(why);
+        w.leaving = Some(cause);
         self.os.signal(pid, libc::SIGKILL);
     }
 
@@ -306,6 +310,7 @@ impl<O: Os> Supervisor<O> {
         }
         tracing::error!(reason = %why, "reload failed: {why}; generation {serving} keeps serving");
         self.board.last_reload = Some(format!("FAILED: {why}"));
+        self.board.reloads_failed += 1;
         self.reload.step = Step::Idle;
         self.announce_ready(now);
     }
@@ -315,7 +320,11 @@ impl<O: Os> Supervisor<O> {
             return;
         };
         for pid in self.workers.pids(|w| w.generation == number) {
-            self.kill(pid, "its generation failed to start".into());
+            self.kill(
+                pid,
+                "its generation failed to start".into(),
+                ExitCause::ReloadFailed,
+            );
         }
         self.reload_failed(why, false, now);
         self.after_transition(now);
@@ -333,10 +342,11 @@ impl<O: Os> Supervisor<O> {
         let number = self.serving.number;
         let stale = self.workers.pids(|w| w.generation != number);
         for &pid in &stale {
-            self.drain(pid, "replaced by reload", now);
+            self.drain(pid, "replaced by reload", Some(ExitCause::Reload), now);
         }
         self.backoff.clear();
         self.board.last_reload = Some(format!("ok (gen {number})"));
+        self.board.reloads_ok += 1;
         tracing::info!(
             from = old,
             to = number,
@@ -434,6 +444,8 @@ impl<O: Os> Supervisor<O> {
             }
             WorkerMessage::Ready => {}
             WorkerMessage::Retire(reason) => self.retire(pid, &reason),
+            // The relay gives reports to the ledger; none reach here.
+            WorkerMessage::Metrics(_) => {}
             WorkerMessage::Draining => {
                 if let Step::Quiescing { waiting, .. } = &mut self.reload.step {
                     waiting.retain(|&p| p != pid);
@@ -454,6 +466,10 @@ impl<O: Os> Supervisor<O> {
             let who = w.label(pid);
             tracing::info!(slot = w.slot, pid, %reason, "{who} to be replaced ({reason}); starting its successor first");
             w.state = State::Retiring;
+            w.leaving = Some(match reason {
+                "memory_high" => ExitCause::MemoryHigh,
+                _ => ExitCause::MaxRequests,
+            });
         }
     }
 
@@ -465,7 +481,8 @@ impl<O: Os> Supervisor<O> {
                 .workers
                 .pids(|w| w.generation == number && w.slot == slot && w.state == State::Retiring);
             for pid in retiring {
-                self.drain(pid, "successor ready", now);
+                // Its cause is already set: why it retired.
+                self.drain(pid, "successor ready", None, now);
             }
             let booting = matches!(self.phase, Phase::Booting { .. });
             if booting && self.workers.slots_ready(number, self.serving.target) {
@@ -497,11 +514,15 @@ impl<O: Os> Supervisor<O> {
         };
         let mut how = exit_status::describe(&status);
         let uptime = now.duration_since(w.started);
+        let mut oom = false;
         if let Some(path) = &w.cgroup {
             if self.os.reap_cgroup(path) {
+                oom = true;
                 how.push_str(", killed by the kernel OOM killer at memory_max");
             }
         }
+        let cause = exit_status::cause(&status, &w, oom, self.stopping());
+        self.board.exits.count(cause);
         let (slot, generation) = (w.slot, w.generation);
         let expected = w.state == State::Draining && w.killed_for.is_none();
         // Filled again by reconcile: a worker of the serving generation
@@ -513,6 +534,10 @@ impl<O: Os> Supervisor<O> {
         exit_status::log(pid, &w, &how, uptime, replacing);
         self.check_quiesced(now);
         if expected || self.stopping() {
+            if !self.stopping() {
+                // /metrics counts the exit now, not at the next STATUS=.
+                self.publish(true, now);
+            }
             return self.check_stopped();
         }
         self.board.restarts += 1;

@@ -5,7 +5,29 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use super::metrics::ExitCause;
 use super::workers::{human, State, Worker};
+
+/// What `/metrics` counts an exit as: the OOM killer's kill; the reason
+/// the supervisor killed it; a stop; a drain it was asked for, ended
+/// cleanly; else a signal nobody here sent, or a crash.
+pub(super) fn cause(
+    status: &std::io::Result<ExitStatus>,
+    w: &Worker,
+    oom: bool,
+    stopping: bool,
+) -> ExitCause {
+    let signalled = matches!(status, Ok(s) if s.signal().is_some());
+    let clean = matches!(status, Ok(s) if s.success());
+    match w.leaving {
+        _ if oom => ExitCause::Oom,
+        Some(cause) if w.killed_for.is_some() => cause,
+        _ if stopping => ExitCause::Stop,
+        Some(cause) if clean && w.state == State::Draining => cause,
+        _ if signalled => ExitCause::Signal,
+        _ => ExitCause::Crash,
+    }
+}
 
 /// The status in words.
 pub(super) fn describe(status: &std::io::Result<ExitStatus>) -> String {

@@ -16,6 +16,7 @@ mod cgroup;
 mod core;
 mod ctl;
 mod exit_status;
+mod metrics;
 mod notify;
 mod relay;
 mod reload;
@@ -32,14 +33,15 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, Loader};
 use crate::exit::{Exit, StartError};
-use crate::listen::Sockets;
+use crate::listen::{Opened, Sockets};
 pub use signals::Intent;
 use system::System;
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// Runs the supervisor on `sockets` until it stops, taking intents from
-/// `intents` (see [`signals::forward`]).
+/// Runs the supervisor on `opened`'s sockets until it stops, taking
+/// intents from `intents` (see [`signals::forward`]); serves `/metrics` on
+/// its metrics sockets, if any.
 ///
 /// # Errors
 /// The executable cannot be read to compute the build id.
@@ -47,16 +49,31 @@ pub async fn run(
     loader: Loader,
     config: Config,
     exe: PathBuf,
-    sockets: Sockets,
+    opened: Opened,
     mut intents: mpsc::UnboundedReceiver<Intent>,
 ) -> Result<Exit, StartError> {
+    let Opened { sockets, metrics } = opened;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     if config.reuse_port && matches!(sockets, Sockets::Shared(_)) {
         tracing::warn!("reuse_port applies only when ferricorn binds its own socket; systemd's sockets are shared by all workers");
     }
-    let names = sockets.names();
+    let mut names = sockets.names();
+    let ledger = match metrics.is_empty() {
+        true => None,
+        false => {
+            let ledger = metrics::Ledger::shared();
+            names.extend(metrics.iter().map(|l| format!("/metrics on {}", l.name)));
+            match metrics::serve::start(metrics, ledger.clone()) {
+                Ok(()) => Some(ledger),
+                Err(e) => {
+                    tracing::error!("cannot start the metrics thread: {e}; /metrics is not served");
+                    None
+                }
+            }
+        }
+    };
     let cgroups = cgroup::take_subtree(&config);
-    let os = System::new(exe, sockets, cgroups, events_tx);
+    let os = System::new(exe, sockets, cgroups, events_tx, ledger);
     let now = Instant::now();
     // The control socket: before the first worker, so `ferricorn status`
     // answers while they boot. Without one the service runs as before;

@@ -1,12 +1,14 @@
 //! The per-worker relay task: turns a worker's control lines and, at the
 //! end, its exit status into [`Event`]s for the supervisor, and passes the
-//! supervisor's figures down to the worker.
+//! supervisor's figures down to the worker. A worker's `metrics` reports go
+//! to the [`Ledger`](super::metrics::Ledger), not to the core.
 
 use std::process::ExitStatus;
 
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
 
+use super::metrics::SharedLedger;
 use super::spawn::Spawned;
 use crate::control::{DecodeError, WorkerMessage};
 
@@ -23,6 +25,7 @@ pub(super) async fn relay(
     spawned: Spawned,
     events: mpsc::UnboundedSender<Event>,
     mut status: watch::Receiver<String>,
+    ledger: Option<(SharedLedger, u64)>,
 ) {
     let Spawned {
         pid,
@@ -38,6 +41,14 @@ pub(super) async fn relay(
                 // EOF comes when the worker exits (nothing else holds its end).
                 let Ok(Some(line)) = line else { break };
                 let event = match WorkerMessage::decode(&line) {
+                    Ok(WorkerMessage::Metrics(report)) => {
+                        if let Some((ledger, id)) = &ledger {
+                            if let Ok(mut ledger) = ledger.lock() {
+                                ledger.report(*id, *report);
+                            }
+                        }
+                        continue;
+                    }
                     Ok(m) => Event::Message(pid, m),
                     Err(e) => Event::BadMessage(pid, e),
                 };
@@ -56,5 +67,12 @@ pub(super) async fn relay(
         }
     }
     let status = child.wait().await;
+    // Before the core hears of the exit, so no scrape after it misses
+    // this worker's counts.
+    if let Some((ledger, id)) = &ledger {
+        if let Ok(mut ledger) = ledger.lock() {
+            ledger.leave(*id);
+        }
+    }
     let _ = events.send(Event::Exited(pid, status));
 }

@@ -38,6 +38,8 @@ pub struct SpawnRequest<'a> {
     /// The worker's end of its pub/sub hub socket, at or above
     /// [`INHERIT_FLOOR`]; it lands after the listeners.
     pub pubsub: Option<RawFd>,
+    /// Whether the service serves `/metrics` (the worker then counts).
+    pub metrics: bool,
 }
 
 /// A started worker: its process and the supervisor's end of its control
@@ -75,6 +77,9 @@ pub fn spawn(req: &SpawnRequest<'_>) -> io::Result<Spawned> {
         .stdin(std::process::Stdio::null());
     if req.pubsub.is_some() {
         command.arg("--pubsub");
+    }
+    if req.metrics {
+        command.arg("--metrics");
     }
     let pubsub = req.pubsub;
     for name in SUPERVISOR_ONLY_ENV {

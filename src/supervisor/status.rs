@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::metrics::{Exits, Figures};
 use super::notify::Note;
 use super::reload::Reload;
 use super::system::Os;
@@ -18,8 +19,9 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 pub(super) struct Facts<'a> {
     /// Counted for ready workers, connections and WebSockets.
     pub workers: &'a Workers,
-    /// The serving generation and its worker target.
+    /// The serving generation, its build and its worker target.
     pub generation: u64,
+    pub build: &'a str,
     pub target: usize,
     /// Quick deaths of looping slots.
     pub crash_loop: u32,
@@ -30,13 +32,14 @@ pub(super) struct Facts<'a> {
 /// The facts of the supervisor's parts, gathered.
 pub(super) fn facts<'a>(
     workers: &'a Workers,
-    serving: &Generation,
+    serving: &'a Generation,
     crash_loop: u32,
     reload: &Reload,
 ) -> Facts<'a> {
     Facts {
         workers,
         generation: serving.number,
+        build: &serving.build,
         target: serving.target,
         crash_loop,
         reloading_to: reload.starting().map(|g| g.number),
@@ -57,6 +60,10 @@ pub(super) struct Board {
     pub restarts: u64,
     /// "ok (gen N)" or "FAILED: why", once a reload has run.
     pub last_reload: Option<String>,
+    /// Worker exits by cause, reloads by outcome: for `/metrics`.
+    pub exits: Exits,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
 }
 
 impl Board {
@@ -67,6 +74,9 @@ impl Board {
             last: None,
             restarts: 0,
             last_reload: None,
+            exits: Exits::default(),
+            reloads_ok: 0,
+            reloads_failed: 0,
         }
     }
 
@@ -104,12 +114,38 @@ impl Board {
         }
     }
 
+    /// What `/metrics` takes from the core.
+    fn figures(&self, facts: &Facts<'_>) -> Figures {
+        let mut states = [
+            (State::Booting.name(), 0),
+            (State::Ready.name(), 0),
+            (State::Retiring.name(), 0),
+            (State::Draining.name(), 0),
+        ];
+        for (_, w) in facts.workers.iter() {
+            if let Some(entry) = states.iter_mut().find(|(name, _)| *name == w.state.name()) {
+                entry.1 += 1;
+            }
+        }
+        Figures {
+            generation: facts.generation,
+            build: facts.build.to_owned(),
+            target: facts.target,
+            states,
+            exits: self.exits.clone(),
+            reloads_ok: self.reloads_ok,
+            reloads_failed: self.reloads_failed,
+            queues: Vec::new(),
+        }
+    }
+
     /// `READY=1` with fresh figures.
     pub fn ready(&mut self, facts: &Facts<'_>, now: Instant, os: &mut impl Os) {
         let status = self.status(facts);
         let line = status.to_string();
         os.notify(Note::Ready(line.clone()));
         os.broadcast(&status);
+        os.figures(self.figures(facts));
         self.last = Some((now, line));
     }
 
@@ -129,6 +165,8 @@ impl Board {
             let rate = (self.requests_total - base) as f64 / elapsed;
             self.rate = (now, self.requests_total, rate);
         }
+        // /metrics counts what the line does not show (exits by cause).
+        os.figures(self.figures(facts));
         let status = self.status(facts);
         let line = status.to_string();
         if self.last.as_ref().is_some_and(|(_, l)| *l == line) && !due {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::{mpsc, watch};
 
+use super::metrics::{Figures, Queue, SharedLedger};
 use super::notify::{self, Note};
 use super::relay::{relay, Event};
 use super::workers::Generation;
@@ -30,6 +31,8 @@ pub(crate) trait Os {
     fn notify(&mut self, note: Note);
     /// Passes the figures to every worker, for its `/health`.
     fn broadcast(&mut self, status: &SupervisorStatus);
+    /// Passes the core's figures to `/metrics`.
+    fn figures(&mut self, figures: Figures);
     /// Closes the per-slot sockets of slots above `keep`.
     fn release_sockets_above(&mut self, keep: usize);
     /// Bytes a worker uses.
@@ -70,6 +73,8 @@ pub(crate) struct System {
     /// The pub/sub hub every worker is attached to; `None` if its thread
     /// could not start (workers then publish to themselves only).
     hub: Option<Hub>,
+    /// Every worker's counts for `/metrics`, when it is served.
+    ledger: Option<SharedLedger>,
 }
 
 impl System {
@@ -78,8 +83,10 @@ impl System {
         sockets: Sockets,
         cgroups: Option<cgroup::Subtree>,
         events: mpsc::UnboundedSender<Event>,
+        ledger: Option<SharedLedger>,
     ) -> System {
         System {
+            ledger,
             exe,
             sockets,
             cgroups,
@@ -140,6 +147,7 @@ impl Os for System {
             config_line: &generation.config_line,
             cgroup_procs: cgroup.as_ref().map(|cg| cg.procs.as_raw_fd()),
             pubsub: pubsub.as_ref().map(AsRawFd::as_raw_fd),
+            metrics: self.ledger.is_some(),
         };
         let spawned = spawn::spawn(&request);
         // The child has its copy; the hub keeps the other end.
@@ -148,7 +156,12 @@ impl Os for System {
         match spawned {
             Ok(spawned) => {
                 let pid = spawned.pid;
-                tokio::spawn(relay(spawned, self.events.clone(), self.status.subscribe()));
+                let entry = self.ledger.as_ref().and_then(|ledger| {
+                    let id = ledger.lock().ok()?.join(slot, pid, cgroup.clone());
+                    Some((ledger.clone(), id))
+                });
+                let status = self.status.subscribe();
+                tokio::spawn(relay(spawned, self.events.clone(), status, entry));
                 Ok(Started { pid, cgroup })
             }
             Err(e) => {
@@ -174,6 +187,23 @@ impl Os for System {
     fn broadcast(&mut self, status: &SupervisorStatus) {
         if let Ok(json) = serde_json::to_string(status) {
             self.status.send_replace(json);
+        }
+    }
+
+    fn figures(&mut self, mut figures: Figures) {
+        let Some(ledger) = &self.ledger else { return };
+        figures.queues = self
+            .sockets
+            .queues()
+            .into_iter()
+            .map(|(listener, queued, limit)| Queue {
+                listener,
+                queued,
+                limit,
+            })
+            .collect();
+        if let Ok(mut ledger) = ledger.lock() {
+            ledger.set_figures(figures);
         }
     }
 

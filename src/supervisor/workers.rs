@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::metrics::ExitCause;
 use crate::config::Config;
 use crate::control::Counters;
 
@@ -56,6 +57,9 @@ pub(super) struct Worker {
     /// Why the supervisor killed it, for the exit log line; also marks it
     /// as no longer worth waiting for.
     pub killed_for: Option<String>,
+    /// Why it is leaving, once it was asked to (drained, retired, killed):
+    /// what `/metrics` counts its exit as.
+    pub leaving: Option<ExitCause>,
     /// Its own cgroup, when the subtree is delegated: read for memory,
     /// removed at exit.
     pub cgroup: Option<PathBuf>,
@@ -94,6 +98,7 @@ impl Worker {
             drain_deadline: None,
             counters: Counters::default(),
             killed_for: None,
+            leaving: None,
             cgroup,
         }
     }

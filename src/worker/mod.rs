@@ -9,7 +9,8 @@
 mod access;
 mod drain;
 mod head;
-mod server;
+pub(crate) mod metrics;
+pub(crate) mod server;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{FromRawFd, RawFd};
@@ -66,9 +67,12 @@ pub struct Shared {
     /// and `ctx.pubsub.subscribe(topic)`.
     pub pubsub: PubSub,
     stats: Arc<Stats>,
+    /// Counts for `/metrics` (a no-op when the service has no metrics
+    /// listener).
+    pub(crate) metrics: metrics::Recorder,
     /// The supervisor's latest figures, as it last sent them.
     supervisor: std::sync::RwLock<Option<Arc<SupervisorStatus>>>,
-    control: mpsc::UnboundedSender<WorkerMessage>,
+    control: mpsc::UnboundedSender<Outgoing>,
     /// Requests after which this worker asks to be replaced; 0 never.
     retire_after: u64,
     /// `worker_connections` slots, taken before accept; a WebSocket takes
@@ -116,12 +120,40 @@ impl Shared {
     fn request_done(&self) {
         let served = self.stats.request_done();
         if self.retire_after != 0 && served == self.retire_after {
-            let _ = self
-                .control
-                .send(WorkerMessage::Retire("max_requests".into()));
+            let _ = self.control.send(Outgoing::Message(WorkerMessage::Retire(
+                "max_requests".into(),
+            )));
+        }
+    }
+
+    /// What this worker's `metrics` line says now.
+    fn metrics_report(&self) -> crate::metrics::Report {
+        let counters = self.stats.snapshot();
+        let pubsub = self.pubsub.health();
+        crate::metrics::Report {
+            requests: counters.requests,
+            connections: counters.connections,
+            websockets: counters.websockets,
+            published: pubsub.published,
+            delivered: pubsub.delivered,
+            dropped: pubsub.dropped,
+            lost: pubsub.lost,
+            ..self.metrics.report()
         }
     }
 }
+
+/// What goes to the supervisor, in order.
+#[derive(Debug)]
+enum Outgoing {
+    Message(WorkerMessage),
+    /// Answered once everything queued before it is written: the last
+    /// figures reach the supervisor before the process exits.
+    Flushed(tokio::sync::oneshot::Sender<()>),
+}
+
+/// How long an exiting worker waits for its last lines to be written.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Arguments the supervisor passes on the command line.
 #[derive(Clone, Debug)]
@@ -133,6 +165,9 @@ pub struct WorkerArgs {
     /// Whether the supervisor passed a pub/sub hub socket, after the
     /// listeners.
     pub pubsub: bool,
+    /// Whether the service serves `/metrics`: only then are requests
+    /// counted and reported.
+    pub metrics: bool,
 }
 
 /// Builds a worker's routes, once, in the worker after it has started.
@@ -295,7 +330,7 @@ async fn serve(
         "worker runtime started"
     );
     let (read_half, mut write_half) = control.into_split();
-    let (to_supervisor, mut outbox) = mpsc::unbounded_channel::<WorkerMessage>();
+    let (to_supervisor, mut outbox) = mpsc::unbounded_channel::<Outgoing>();
     let worker_connections = config.worker_connections;
     let access_log = match config.access_log {
         true => match access::Format::parse(&config.access_log_format)
@@ -338,6 +373,7 @@ async fn serve(
         drain: Drain::default(),
         pubsub,
         stats: Arc::new(Stats::default()),
+        metrics: metrics::Recorder::new(args.metrics),
         supervisor: std::sync::RwLock::default(),
         control: to_supervisor.clone(),
         retire_after,
@@ -348,7 +384,14 @@ async fn serve(
     // The supervisor gone means nobody will ever drain us: exit. (PDEATHSIG
     // normally gets here first.)
     tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
+        while let Some(outgoing) = outbox.recv().await {
+            let message = match outgoing {
+                Outgoing::Message(message) => message,
+                Outgoing::Flushed(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             if write_half
                 .write_all(message.encode().as_bytes())
                 .await
@@ -380,23 +423,30 @@ async fn serve(
     }
 
     let beat = heartbeat_interval(ctx.config.timeout);
-    let stats = ctx.stats.clone();
+    let beating = ctx.clone();
     let heartbeats = to_supervisor.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(beat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if heartbeats
-                .send(WorkerMessage::Heartbeat(stats.snapshot()))
-                .is_err()
-            {
+            let beat = WorkerMessage::Heartbeat(beating.stats.snapshot());
+            if heartbeats.send(Outgoing::Message(beat)).is_err() {
                 return;
+            }
+            if beating.metrics.enabled() {
+                let report = WorkerMessage::Metrics(Box::new(beating.metrics_report()));
+                let _ = heartbeats.send(Outgoing::Message(report));
             }
         }
     });
 
     let router = app(ctx.clone());
+    // Every route, the fallback included, says which template it is.
+    let router = match ctx.metrics.enabled() {
+        true => router.layer(metrics::TagLayer(ctx.clone())),
+        false => router,
+    };
     let mut accept_loops = tokio::task::JoinSet::new();
     for listener in listeners {
         let registered = match listener {
@@ -416,13 +466,13 @@ async fn serve(
         }
     }
     tracing::info!(pid = std::process::id(), "worker {} ready", args.slot);
-    let _ = to_supervisor.send(WorkerMessage::Ready);
+    let _ = to_supervisor.send(Outgoing::Message(WorkerMessage::Ready));
 
     ctx.drain.draining().await;
     // Accept loops end on drain; their listeners close with them, in this
     // process only: the other workers and systemd keep the socket.
     while accept_loops.join_next().await.is_some() {}
-    let _ = to_supervisor.send(WorkerMessage::Draining);
+    let _ = to_supervisor.send(Outgoing::Message(WorkerMessage::Draining));
     let open = ctx.stats.snapshot();
     let (connections, websockets, close_code) =
         (open.connections, open.websockets, ctx.drain.close_code());
@@ -436,6 +486,16 @@ async fn serve(
     ctx.drain.finished().await;
     // Leave notices and last messages go out before the process does.
     ctx.pubsub.flush(Duration::from_secs(1)).await;
+    // The final counts: what was served since the last heartbeat would
+    // otherwise be missing from the service's totals.
+    if ctx.metrics.enabled() {
+        let report = WorkerMessage::Metrics(Box::new(ctx.metrics_report()));
+        let _ = to_supervisor.send(Outgoing::Message(report));
+        let (done, written) = tokio::sync::oneshot::channel();
+        if to_supervisor.send(Outgoing::Flushed(done)).is_ok() {
+            let _ = tokio::time::timeout(FINAL_FLUSH, written).await;
+        }
+    }
     let requests = ctx.stats.snapshot().requests;
     tracing::info!(
         requests,

@@ -26,6 +26,7 @@ use tower::Service;
 
 use super::access::AccessRecord;
 use super::head::{Inspected, Limits, Verdicts};
+use super::metrics::{self, Timing};
 use super::WorkerContext;
 use crate::proxy::Peer;
 
@@ -185,13 +186,14 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         if ctx.drain.is_draining() {
             activity.started.notify_waiters();
         }
+        let timing = Timing::start(&request);
         async move {
             if let Some(status) = refused {
                 // The stand-in for a head the inspector refused: never the app's.
                 activity.in_flight.store(false, Ordering::SeqCst);
+                timing.finish(&ctx.metrics, None, status);
                 return Ok(closing(status));
             }
-            let started = Instant::now();
             let client = ctx
                 .config
                 .forwarded_allow_ips
@@ -200,19 +202,23 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             let mut request = request;
             request.extensions_mut().insert(client);
             let upgrade = request.headers().contains_key(header::UPGRADE);
-            let mut response = match AssertUnwindSafe(router.call(request)).catch_unwind().await {
+            let (answer, route) =
+                metrics::routed(AssertUnwindSafe(router.call(request)).catch_unwind()).await;
+            let mut response = match answer {
                 Ok(response) => response?,
                 // The panic hook has logged it; the worker carries on.
                 Err(_) => closing(StatusCode::INTERNAL_SERVER_ERROR),
             };
             activity.in_flight.store(false, Ordering::SeqCst);
             ctx.request_done();
+            let duration_us = timing.elapsed().as_micros() as u64;
+            timing.finish(&ctx.metrics, route, response.status());
             if let (Some(log), Some(head)) = (&ctx.access_log, head) {
                 log.record(AccessRecord {
                     head,
                     status: response.status().as_u16(),
                     size: hyper::body::Body::size_hint(response.body()).exact(),
-                    duration_us: started.elapsed().as_micros() as u64,
+                    duration_us,
                     client,
                     at: std::time::SystemTime::now(),
                 });

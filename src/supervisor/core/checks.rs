@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::super::metrics::ExitCause;
 use super::super::notify::{self, Note};
 use super::super::reload::Step;
 use super::super::status::{self, Board};
@@ -20,8 +21,8 @@ impl<O: Os> Supervisor<O> {
     /// refreshes what systemd sees.
     pub(in crate::supervisor) fn on_tick(&mut self, now: Instant) {
         let config = self.serving.config.clone();
-        for (pid, why) in overdue(&self.workers, &config, now) {
-            self.kill(pid, why);
+        for (pid, why, cause) in overdue(&self.workers, &config, now) {
+            self.kill(pid, why, cause);
         }
         match self.phase {
             Phase::Booting { deadline } if now > deadline => {
@@ -114,7 +115,7 @@ impl<O: Os> Supervisor<O> {
 }
 
 /// Workers past a deadline, with the reason to kill each.
-fn overdue(workers: &Workers, config: &Config, now: Instant) -> Vec<(u32, String)> {
+fn overdue(workers: &Workers, config: &Config, now: Instant) -> Vec<(u32, String, ExitCause)> {
     let timeout = Duration::from_secs_f64(config.timeout);
     let boot = Duration::from_secs_f64(config.boot_timeout);
     let mut out = Vec::new();
@@ -123,28 +124,32 @@ fn overdue(workers: &Workers, config: &Config, now: Instant) -> Vec<(u32, String
             continue;
         }
         let why = match w.state {
-            State::Booting if now.duration_since(w.started) > boot => Some(format!(
-                "not ready after boot_timeout ({}s)",
-                config.boot_timeout
+            State::Booting if now.duration_since(w.started) > boot => Some((
+                format!("not ready after boot_timeout ({}s)", config.boot_timeout),
+                ExitCause::BootTimeout,
             )),
-            State::Ready | State::Retiring if now.duration_since(w.last_seen) > timeout => {
-                Some(format!(
+            State::Ready | State::Retiring if now.duration_since(w.last_seen) > timeout => Some((
+                format!(
                     "no heartbeat for {:.1}s (timeout {}s): event loop blocked",
                     now.duration_since(w.last_seen).as_secs_f64(),
                     config.timeout
-                ))
-            }
-            State::Draining if w.drain_deadline.is_some_and(|d| now > d) => Some(format!(
-                "still draining after graceful_timeout ({}s)",
-                config.graceful_timeout
+                ),
+                ExitCause::HeartbeatTimeout,
+            )),
+            State::Draining if w.drain_deadline.is_some_and(|d| now > d) => Some((
+                format!(
+                    "still draining after graceful_timeout ({}s)",
+                    config.graceful_timeout
+                ),
+                ExitCause::DrainTimeout,
             )),
             _ => None,
         };
-        if let Some(why) = why {
-            out.push((pid, why));
+        if let Some((why, cause)) = why {
+            out.push((pid, why, cause));
         }
     }
-    out.sort_unstable();
+    out.sort_unstable_by_key(|(pid, _, _)| *pid);
     out
 }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use super::super::metrics::{ExitCause, Figures};
 use super::super::notify::Note;
 use super::super::relay::Event;
 use super::super::signals::Intent;
@@ -31,6 +32,8 @@ struct Recorder {
     fail_spawns: bool,
     /// Spawns asked for, failed ones included.
     attempts: usize,
+    /// What `/metrics` was last given.
+    figures: Option<Figures>,
 }
 
 impl Os for Recorder {
@@ -58,6 +61,10 @@ impl Os for Recorder {
     }
 
     fn broadcast(&mut self, _: &SupervisorStatus) {}
+
+    fn figures(&mut self, figures: Figures) {
+        self.figures = Some(figures);
+    }
 
     fn release_sockets_above(&mut self, _: usize) {}
 
@@ -577,4 +584,53 @@ fn a_worker_that_dies_after_the_crash_window_is_replaced_at_once() {
     rig.tick_after(Duration::from_secs(11));
     rig.exited(pid, ExitStatus::from_raw(1 << 8));
     assert_eq!(rig.os().spawned.len(), 2, "served 11 s: not a crash loop");
+}
+
+#[test]
+fn metrics_count_each_exit_by_its_cause_and_each_reload_by_its_outcome() {
+    let mut rig = Rig::ready(Rig::with_timeout(4, 2));
+    let gen1 = rig.generation(1);
+    // A crash, a kill from outside, a recycle.
+    rig.exited(gen1[0], ExitStatus::from_raw(1 << 8));
+    rig.exited(gen1[1], ExitStatus::from_raw(libc::SIGKILL));
+    rig.event(Event::Message(
+        gen1[2],
+        WorkerMessage::Retire("max_requests".into()),
+    ));
+    rig.all_ready(1);
+    rig.exited(gen1[2], ExitStatus::from_raw(0));
+    // A reload replaces every worker; the old ones drain and exit cleanly.
+    rig.tick_after(Duration::from_millis(300));
+    rig.all_ready(1);
+    rig.intent(Intent::Reload);
+    rig.all_ready(2);
+    rig.all_draining(1);
+    for pid in rig.generation(1) {
+        rig.exited(pid, ExitStatus::from_raw(0));
+    }
+    // One goes silent and is killed.
+    let silent = rig.generation(2)[0];
+    rig.tick_after(Duration::from_millis(1500));
+    for pid in rig.generation(2).into_iter().skip(1) {
+        rig.event(Event::Message(
+            pid,
+            WorkerMessage::Heartbeat(Default::default()),
+        ));
+    }
+    rig.tick_after(Duration::from_millis(700));
+    assert_eq!(rig.sent(libc::SIGKILL), [silent]);
+    rig.exited(silent, ExitStatus::from_raw(libc::SIGKILL));
+    let figures = rig.os().figures.clone().expect("figures published");
+    let count = |cause| figures.exits.get(cause);
+    assert_eq!(count(ExitCause::Crash), 1);
+    assert_eq!(count(ExitCause::Signal), 1);
+    assert_eq!(count(ExitCause::MaxRequests), 1);
+    assert_eq!(count(ExitCause::Reload), 4);
+    assert_eq!(count(ExitCause::HeartbeatTimeout), 1);
+    assert_eq!(count(ExitCause::Stop), 0);
+    assert_eq!((figures.reloads_ok, figures.reloads_failed), (1, 0));
+    assert_eq!(figures.generation, 2);
+    rig.intent(Intent::GracefulStop);
+    rig.all_exit();
+    assert_eq!(rig.sup.board.exits.get(ExitCause::Stop), 4);
 }
