@@ -331,10 +331,16 @@ impl Config {
         if !self.metrics_bind.is_empty() {
             match self.metrics_bind.parse::<crate::listen::Bind>() {
                 Err(problem) => out.push(("metrics_bind", problem)),
-                Ok(metrics) if self.bind.parse().ok().as_ref() == Some(&metrics) => out.push((
+                // Port 0 is a fresh port each time, never the same socket.
+                Ok(metrics)
+                    if self.bind.parse().ok().as_ref() == Some(&metrics)
+                        && !matches!(metrics, crate::listen::Bind::Tcp(a) if a.port() == 0) =>
+                {
+                    out.push((
                     "metrics_bind",
                     "is the public socket (bind): /metrics needs one of its own, like 127.0.0.1:9097".into(),
-                )),
+                    ))
+                }
                 Ok(_) => {}
             }
         }

@@ -76,6 +76,9 @@ pub struct Options {
     /// Connect a client to the (activated) socket before the server starts,
     /// as one waiting in systemd's backlog: [`Server::queued_client`].
     pub queued_client: bool,
+    /// Pass a second socket, named `metrics`, at fd 4 (as
+    /// ferricorn-metrics.socket does): [`Server::metrics_addr`].
+    pub metrics_socket: bool,
 }
 
 impl Default for Options {
@@ -89,6 +92,7 @@ impl Default for Options {
             wrapper_env: String::new(),
             nofile: None,
             queued_client: false,
+            metrics_socket: false,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Server {
     pub unix_path: Option<PathBuf>,
     /// The client connected before the server started, if asked for.
     pub queued_client: Option<TcpStream>,
+    /// The metrics socket passed at fd 4, if asked for.
+    pub metrics_addr: Option<SocketAddr>,
     /// Holds the config and notify socket; removed when the server is dropped.
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -182,12 +188,18 @@ impl Server {
             }
         });
 
+        let metrics_listener = opts
+            .metrics_socket
+            .then(|| TcpListener::bind("127.0.0.1:0").expect("bind metrics"));
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("metrics addr"));
         let exe = opts.exe.clone().unwrap_or_else(|| PathBuf::from(BIN));
         let mut cmd = Command::new("sh");
-        let listen_env = if opts.socket != Socket::SelfBound {
-            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http "
-        } else {
-            ""
+        let listen_env = match (opts.socket, opts.metrics_socket) {
+            (Socket::SelfBound, _) => "",
+            (_, false) => "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http ",
+            (_, true) => "LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES=http:metrics ",
         };
         // LISTEN_PID must be the server's own pid: the shell's, which exec keeps.
         let script = format!(
@@ -213,11 +225,26 @@ impl Server {
             .map(AsRawFd::as_raw_fd)
             .or(unix_listener.as_ref().map(AsRawFd::as_raw_fd));
         let nofile = opts.nofile;
+        let metrics_fd = metrics_listener.as_ref().map(AsRawFd::as_raw_fd);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Out of the way first: the metrics socket may sit at fd 3.
+                let metrics_fd = match metrics_fd {
+                    Some(fd) => match libc::fcntl(fd, libc::F_DUPFD, 10) {
+                        -1 => return Err(std::io::Error::last_os_error()),
+                        high => Some(high),
+                    },
+                    None => None,
+                };
                 if let Some(fd) = listener_fd {
                     move_to_fd3(fd)?;
+                }
+                // dup2 leaves the copy without close-on-exec.
+                if let Some(fd) = metrics_fd {
+                    if libc::dup2(fd, 4) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 if let Some(n) = nofile {
                     let limit = libc::rlimit {
@@ -234,6 +261,7 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn ferricorn");
         drop(listener);
         drop(unix_listener);
+        drop(metrics_listener);
         let log = Arc::new(Mutex::new(String::new()));
         let log_gate: Arc<Mutex<()>> = Arc::default();
         let stderr = child.stderr.take().expect("stderr piped");
@@ -265,6 +293,7 @@ impl Server {
             addr,
             unix_path: (opts.socket == Socket::ActivatedUnix).then_some(unix_path),
             queued_client,
+            metrics_addr,
             _dir: dir,
             config_path,
             notify_path,

@@ -8,6 +8,7 @@ mod fuzz;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod proxy;
 mod pubsub;
 mod websocket;
