@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -590,6 +591,81 @@ def fanout_table(add, results):
     add("")
 
 
+METRICS_ROUNDS = max(REPEAT, 6)
+
+
+def metrics_suite(results):
+    """`/health` with metrics on (a `/metrics` listener, scraped every
+    second as Prometheus would) and off: both servers up at once, their runs
+    interleaved round by round so drift on this shared machine hits both
+    alike. Pinned, c=50, the server's CPU per request too."""
+    off = Server("ferricorn", workers=CORES, variant="metrics off")
+    metrics_port = free_port()
+    on = Server("ferricorn", workers=CORES, variant="metrics on, scraped every second",
+                extra={"metrics_bind": f"127.0.0.1:{metrics_port}"})
+    scraping = {"stop": False, "scrapes": 0, "failed": 0}
+
+    def scraper():
+        while not scraping["stop"]:
+            try:
+                with socket.create_connection(("127.0.0.1", metrics_port), timeout=5) as s:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := s.recv(65536):
+                        data += chunk
+                ok = data.startswith(b"HTTP/1.1 200") and b"_http_requests_total{" in data
+                scraping["scrapes" if ok else "failed"] += 1
+            except OSError:
+                scraping["failed"] += 1
+            time.sleep(1)
+
+    off.start(True)
+    on.start(True)
+    thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
+    try:
+        runs = {off.key: [], on.key: []}
+        for _ in range(METRICS_ROUNDS):
+            for srv in (off, on):
+                pids = srv.pids()
+                before = cpu_seconds(pids)
+                r = wrk(srv.port, 50, True)
+                r["cpu_us"] = (cpu_seconds(pids) - before) * 1e6 / max(r["requests"], 1)
+                runs[srv.key].append(r)
+    finally:
+        scraping["stop"] = True
+        thread.join(10)
+        off.stop()
+        on.stop()
+    for srv in (off, on):
+        results[("metrics", srv.key)] = runs[srv.key]
+        print(f"  metrics {srv.name:40} {median([r['rps'] for r in runs[srv.key]]):>9.0f} req/s  "
+              f"cpu {median([r['cpu_us'] for r in runs[srv.key]]):.1f} us/req", file=sys.stderr)
+    results["metrics scrapes"] = {"ok": scraping["scrapes"], "failed": scraping["failed"]}
+    results["metrics servers"] = [off.key, on.key]
+
+
+def metrics_table(add, results):
+    """The metrics suite's table: on against off."""
+    if "metrics servers" not in results:
+        return
+    off, on = results["metrics servers"]
+    base = results[("metrics", off)]
+    rps0, cpu0 = median([r["rps"] for r in base]), median([r["cpu_us"] for r in base])
+    scrapes = results["metrics scrapes"]
+    add(f"### `/health` with metrics on and off, pinned, c=50, {METRICS_ROUNDS} interleaved rounds\n")
+    add(f"Scrapes of `/metrics` during the run: {scrapes['ok']} answered, {scrapes['failed']} failed.\n")
+    add("| server | req/s | server CPU µs/req | errors | req/s vs metrics off | CPU vs metrics off |")
+    add("|---|---|---|---|---|---|")
+    for key in (off, on):
+        runs = results[("metrics", key)]
+        rps, cpu = median([r["rps"] for r in runs]), median([r["cpu_us"] for r in runs])
+        add(f"| ferricorn -w {CORES}, {key.split(', ', 1)[1]} | {spread([r['rps'] for r in runs])} | "
+            f"{spread([r['cpu_us'] for r in runs], '{:.1f}')} | {sum(r['errors'] for r in runs)} | "
+            f"{rps / rps0:.3f}× | {cpu / cpu0:.3f}× |")
+    add("")
+
+
 def startup_suite(results):
     times = []
     for _ in range(5):
@@ -686,6 +762,7 @@ def report(results, servers):
         if k[0] == "reload":
             add(f"- 3 × HUP under wrk load, {names[k[1]]}: {v['errors']} failed of {v['requests']} requests")
     add("")
+    metrics_table(add, results)
     fanout_table(add, results)
     return "\n".join(lines) + "\n"
 
@@ -766,7 +843,7 @@ def main():
     # BENCH_SERVERS="ferricorn -w 2;nginx" runs a part of the table.
     if wanted := os.environ.get("BENCH_SERVERS"):
         servers = [s for s in servers if s.name in wanted.split(";")]
-    everything = ["http", "conn", "ws", "idle", "mem", "fair", "startup", "reload", "fanout"]
+    everything = ["http", "conn", "ws", "idle", "mem", "fair", "startup", "reload", "metrics", "fanout"]
     only = os.environ.get("BENCH_ONLY", ",".join(everything)).split(",")
     results = {}
     print(f"# benchmark: {DURATION}s runs × {REPEAT}", file=sys.stderr)
@@ -786,6 +863,8 @@ def main():
         startup_suite(results)
     if "reload" in only:
         reload_suite(results)
+    if "metrics" in only:
+        metrics_suite(results)
     if "fanout" in only:
         fanout_suite(results)
     if set(only) >= set(everything):
@@ -796,10 +875,12 @@ def main():
         print(text)
     else:
         print(json.dumps({" ".join(map(str, k)) if isinstance(k, tuple) else k: v for k, v in results.items()}, indent=1))
+        lines = []
+        if "metrics" in only:
+            metrics_table(lines.append, results)
         if "fanout" in only:
-            lines = []
             fanout_table(lines.append, results)
-            print("\n".join(lines))
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

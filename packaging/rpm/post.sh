@@ -8,10 +8,12 @@
 systemd-sysusers ferricorn.conf || :
 systemctl daemon-reload >/dev/null 2>&1 || :
 if [ "$1" -eq 1 ]; then
-    systemctl --no-reload preset ferricorn.socket >/dev/null 2>&1 || :
-    if systemctl --quiet is-enabled ferricorn.socket; then
-        systemctl start ferricorn.socket >/dev/null 2>&1 || :
-    fi
+    for socket in ferricorn.socket ferricorn-metrics.socket; do
+        systemctl --no-reload preset "$socket" >/dev/null 2>&1 || :
+        if systemctl --quiet is-enabled "$socket"; then
+            systemctl start "$socket" >/dev/null 2>&1 || :
+        fi
+    done
 elif systemctl --quiet is-active ferricorn.service; then
     systemctl reload ferricorn.service ||
         echo "ferricorn: reload after upgrade failed; the previous code keeps serving (journalctl -u ferricorn)" >&2

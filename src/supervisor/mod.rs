@@ -9,8 +9,9 @@
 //! unit tests (`tests.rs`) drive it without processes. The other concerns
 //! live next to it: [`workers`] (the table), [`reload`], [`backoff`],
 //! `core::checks` (deadlines, memory, watchdog), [`status`], [`relay`]
-//! (one task per worker), [`system`] (the real machine), [`cgroup`],
-//! [`spawn`], [`notify`] and [`exit_status`].
+//! (one task per worker), [`system`] (the real machine), [`metrics`]
+//! (every worker's counts, and `/metrics` on a thread of its own),
+//! [`cgroup`], [`spawn`], [`notify`] and [`exit_status`].
 
 mod cgroup;
 mod core;

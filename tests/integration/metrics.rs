@@ -141,6 +141,12 @@ impl Watcher {
     fn finish(mut self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().expect("scraper");
+        self.check()
+    }
+
+    /// Checks every pair of consecutive scrapes so far; returns how many
+    /// there were.
+    fn check(&self) -> usize {
         let scrapes = self.scrapes.lock().unwrap();
         for pair in scrapes.windows(2) {
             for (series, before) in pair[0].monotonic() {
@@ -153,6 +159,20 @@ impl Watcher {
         }
         scrapes.len()
     }
+}
+
+impl Watcher {
+    /// Waits until the watcher's latest scrape satisfies `f`.
+    fn until(&self, what: &str, f: impl Fn(&Scrape) -> bool) {
+        eventually(what, PATIENCE, || {
+            let scrapes = self.scrapes.lock().unwrap();
+            scrapes.last().is_some_and(&f).then_some(())
+        });
+    }
+}
+
+fn exits(s: &Scrape, cause: &str) -> f64 {
+    s.sum(&m("worker_exits_total"), &[&format!("cause=\"{cause}\"")])
 }
 
 /// `n` requests to `/health`, each answered 200; the running total.
@@ -182,32 +202,31 @@ fn counters_add_up_and_never_go_back_across_reloads_a_kill_and_a_recycle() {
         let seen = server.notes().len();
         server.signal(libc::SIGHUP);
         server.wait_note_after(seen, "READY=1");
+        let drained = f64::from(2 * (generation - 1));
+        watcher.until("the old generation's exits", |s| {
+            exits(s, "reload") == drained
+        });
+        watcher.check();
         wait_counted(metrics, send(&server, &mut sent, 10));
         let s = scrape(metrics);
         assert_eq!(s.sum(&m("generation"), &[]), f64::from(generation));
     }
-    let reloaded = eventually("the old generations' exits counted", PATIENCE, || {
-        let s = scrape(metrics);
-        let reload = s.sum(&m("worker_exits_total"), &[r#"cause="reload""#]);
-        (reload == 6.0).then_some(s)
-    });
-    assert_eq!(reloaded.sum(&m("reloads_total"), &[r#"outcome="ok""#]), 3.0);
+    let reloads = scrape(metrics).sum(&m("reloads_total"), &[r#"outcome="ok""#]);
+    assert_eq!(reloads, 3.0);
 
     // Its counts are in (wait_counted above); killing it loses none.
     let victim = server.worker_pids()[0];
     send_signal(victim, libc::SIGKILL);
-    eventually("the kill counted", PATIENCE, || {
-        let s = scrape(metrics);
-        (s.sum(&m("worker_exits_total"), &[r#"cause="signal""#]) == 1.0).then_some(())
-    });
+    watcher.until("the kill counted", |s| exits(s, "signal") == 1.0);
+    watcher.check();
     wait_counted(metrics, send(&server, &mut sent, 20));
 
     // 40 requests a worker: both recycle.
     let total = send(&server, &mut sent, 100);
-    eventually("a max_requests recycle counted", PATIENCE, || {
-        let s = scrape(metrics);
-        (s.sum(&m("worker_exits_total"), &[r#"cause="max_requests""#]) >= 1.0).then_some(())
+    watcher.until("a max_requests recycle counted", |s| {
+        exits(s, "max_requests") >= 1.0
     });
+    watcher.check();
     let last = wait_counted(metrics, total);
 
     let scrapes = watcher.finish();
