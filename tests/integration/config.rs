@@ -387,3 +387,33 @@ fn check_config_quiet_says_nothing_about_a_valid_config() {
     assert_eq!(code, EXIT_CONFIG, "{err}");
     assert!(err.contains("workers: must be at least 1"), "{err}");
 }
+
+#[test]
+fn metrics_bind_names_a_bad_address_and_is_never_the_public_socket() {
+    let (code, err) = run(
+        &["check-config"],
+        &[("FERRICORN_METRICS_BIND", "localhost")],
+    );
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("metrics_bind") && err.contains("FERRICORN_METRICS_BIND"),
+        "{err}"
+    );
+    let (_dir, path) =
+        config_file("bind = \"127.0.0.1:8097\"\nmetrics_bind = \"127.0.0.1:8097\"\n");
+    let (code, err) = run(&["--config", &path, "serve"], &[]);
+    assert_eq!(code, EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("metrics_bind: is the public socket") && err.contains(&path),
+        "{err}"
+    );
+    // A metrics port in use stops the start, as the public one does.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (_dir, path) = config_file(&format!(
+        "bind = \"127.0.0.1:0\"\nmetrics_bind = \"{addr}\"\n"
+    ));
+    let (code, err) = run(&["--config", &path, "serve"], &[]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&format!("cannot bind {addr}")), "{err}");
+}
