@@ -65,15 +65,21 @@ def tree(pid):
     return out
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, system) CPU seconds of `pids`."""
+    user = system = 0
     for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (OSError, IndexError):
             pass
-    return total / TICK
+    return user / TICK, system / TICK
+
+
+def cpu_seconds(pids):
+    return sum(cpu_split(pids))
 
 
 def rss_kib(pid):
@@ -613,7 +619,7 @@ def metrics_suite(results):
                     data = b""
                     while chunk := s.recv(65536):
                         data += chunk
-                ok = data.startswith(b"HTTP/1.1 200") and b"_http_requests_total{" in data
+                ok = data.startswith(b"HTTP/1.1 200") and b"_build_info{" in data
                 scraping["scrapes" if ok else "failed"] += 1
             except OSError:
                 scraping["failed"] += 1
@@ -628,9 +634,12 @@ def metrics_suite(results):
         for _ in range(METRICS_ROUNDS):
             for srv in (off, on):
                 pids = srv.pids()
-                before = cpu_seconds(pids)
+                before = cpu_split(pids)
                 r = wrk(srv.port, 50, True)
-                r["cpu_us"] = (cpu_seconds(pids) - before) * 1e6 / max(r["requests"], 1)
+                after = cpu_split(pids)
+                user, system = after[0] - before[0], after[1] - before[1]
+                r["cpu_us"] = (user + system) * 1e6 / max(r["requests"], 1)
+                r["user_share"] = user / max(user + system, 1e-9)
                 runs[srv.key].append(r)
     finally:
         scraping["stop"] = True
@@ -643,6 +652,69 @@ def metrics_suite(results):
               f"cpu {median([r['cpu_us'] for r in runs[srv.key]]):.1f} us/req", file=sys.stderr)
     results["metrics scrapes"] = {"ok": scraping["scrapes"], "failed": scraping["failed"]}
     results["metrics servers"] = [off.key, on.key]
+    # Wall-clock figures here swing by 2-3× between rounds; instructions
+    # do not.
+    for key, extra in ((off.key, {}), (on.key, {"metrics_bind": f"127.0.0.1:{free_port()}"})):
+        per_request = instructions_per_request(extra)
+        results[("metrics instructions", key)] = per_request
+        print(f"  metrics {key:40} {per_request:.0f} instructions/request in the worker", file=sys.stderr)
+
+
+def keepalive_requests(port, count):
+    """`count` GET /health on one keep-alive connection, each read whole."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        request = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
+        buf = b""
+        for _ in range(count):
+            s.sendall(request)
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(buf) < length:
+                buf += s.recv(65536)
+            buf = buf[length:]
+
+
+CALLGRIND_REQUESTS = (2000, 12000)
+
+
+def instructions_per_request(extra):
+    """Instructions a ferricorn worker (-w 1, access log off) executes per
+    keep-alive `GET /health`, counted by valgrind's callgrind: the worker's
+    total after CALLGRIND_REQUESTS[1] requests less its total after [0],
+    over the difference, so start-up, warm-up and shutdown cancel out. The
+    same count on every run, whatever else the machine does."""
+    totals = []
+    for count in CALLGRIND_REQUESTS:
+        tmp = tempfile.mkdtemp(prefix="ferricorn-callgrind-")
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERRICORN_")}
+        env["FERRICORN_ACCESS_LOG"] = "false"
+        for k, v in extra.items():
+            env[f"FERRICORN_{k.upper()}"] = str(v)
+        cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes",
+               f"--callgrind-out-file={tmp}/callgrind.%p", str(FERRICORN), "--config", "/dev/null",
+               "--bind", f"127.0.0.1:{port}", "--workers", "1", "serve"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(port, limit=120)
+            keepalive_requests(port, 200)  # warm-up
+            keepalive_requests(port, count)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+        worker = None
+        for f in Path(tmp).glob("callgrind.*"):
+            text = f.read_text(errors="replace")
+            if re.search(r"^cmd: .* worker ", text, re.M):
+                worker = int(re.search(r"^summary: (\d+)", text, re.M).group(1))
+        shutil.rmtree(tmp, ignore_errors=True)
+        if worker is None:
+            raise RuntimeError("no callgrind output for the worker")
+        totals.append(worker)
+    return (totals[1] - totals[0]) / (CALLGRIND_REQUESTS[1] - CALLGRIND_REQUESTS[0])
 
 
 def metrics_table(add, results):
@@ -655,14 +727,28 @@ def metrics_table(add, results):
     scrapes = results["metrics scrapes"]
     add(f"### `/health` with metrics on and off, pinned, c=50, {METRICS_ROUNDS} interleaved rounds\n")
     add(f"Scrapes of `/metrics` during the run: {scrapes['ok']} answered, {scrapes['failed']} failed.\n")
-    add("| server | req/s | server CPU µs/req | errors | req/s vs metrics off | CPU vs metrics off |")
-    add("|---|---|---|---|---|---|")
+    ins0 = results[("metrics instructions", off)]
+    ins1 = results[("metrics instructions", on)]
+    user_share = median([r["user_share"] for r in base])
+    # Callgrind counts user-space instructions only; the kernel's share of a
+    # request (its TCP path) is the same either way.
+    cost = (ins1 / ins0 - 1) * user_share
+    add(f"Wall-clock rounds on this shared machine swing by 2–3× (see min / max), "
+        f"more than the difference sought; the instruction count is the same on "
+        f"every run. Metrics on adds {ins1 / ins0 - 1:.1%} to the worker's user-space "
+        f"instructions per request; user space is {user_share:.0%} of the worker's CPU "
+        f"under this load, so a request costs about {cost:.1%} more CPU and the "
+        f"throughput of a CPU-bound server drops by about {1 - 1 / (1 + cost):.1%}.\n")
+    add("| server | req/s | server CPU µs/req | errors | req/s vs metrics off | CPU vs metrics off | "
+        "worker instructions/request (callgrind, -w 1) | vs metrics off |")
+    add("|---|---|---|---|---|---|---|---|")
     for key in (off, on):
         runs = results[("metrics", key)]
         rps, cpu = median([r["rps"] for r in runs]), median([r["cpu_us"] for r in runs])
+        ins = results[("metrics instructions", key)]
         add(f"| ferricorn -w {CORES}, {key.split(', ', 1)[1]} | {spread([r['rps'] for r in runs])} | "
             f"{spread([r['cpu_us'] for r in runs], '{:.1f}')} | {sum(r['errors'] for r in runs)} | "
-            f"{rps / rps0:.3f}× | {cpu / cpu0:.3f}× |")
+            f"{rps / rps0:.3f}× | {cpu / cpu0:.3f}× | {ins:.0f} | {ins / ins0:.3f}× |")
     add("")
 
 

@@ -218,18 +218,21 @@ impl Timing {
         }
     }
 
-    /// Time since the request was handed to the service.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
     /// Counts the request, answered with `status` by `route` (as
-    /// [`routed`] returned it; `None`: refused before routing).
-    pub fn finish(self, recorder: &Recorder, route: Option<RouteId>, status: StatusCode) {
+    /// [`routed`] returned it; `None`: refused before routing); returns how
+    /// long it took, read once for the metrics and the access log.
+    pub fn finish(
+        self,
+        recorder: &Recorder,
+        route: Option<RouteId>,
+        status: StatusCode,
+    ) -> Duration {
+        let elapsed = self.started.elapsed();
         if recorder.enabled {
             let route = route.unwrap_or(UNMATCHED_ID);
-            recorder.record(route, self.method, status, self.started.elapsed());
+            recorder.record(route, self.method, status, elapsed);
         }
+        elapsed
     }
 }
 
@@ -311,7 +314,7 @@ mod tests {
             method: 0,
             started: std::time::Instant::now(),
         };
-        t.finish(&recorder, Some(OTHER_ID), StatusCode::OK);
+        let _ = t.finish(&recorder, Some(OTHER_ID), StatusCode::OK);
         let report = recorder.report();
         let other = report.routes.iter().find(|r| r.route == OTHER_ROUTES);
         assert_eq!(other.map(|r| r.requests.clone()), Some(vec![(0, 1, 1)]));

@@ -191,7 +191,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             if let Some(status) = refused {
                 // The stand-in for a head the inspector refused: never the app's.
                 activity.in_flight.store(false, Ordering::SeqCst);
-                timing.finish(&ctx.metrics, None, status);
+                let _ = timing.finish(&ctx.metrics, None, status);
                 return Ok(closing(status));
             }
             let client = ctx
@@ -211,14 +211,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             };
             activity.in_flight.store(false, Ordering::SeqCst);
             ctx.request_done();
-            let duration_us = timing.elapsed().as_micros() as u64;
-            timing.finish(&ctx.metrics, route, response.status());
+            let elapsed = timing.finish(&ctx.metrics, route, response.status());
             if let (Some(log), Some(head)) = (&ctx.access_log, head) {
                 log.record(AccessRecord {
                     head,
                     status: response.status().as_u16(),
                     size: hyper::body::Body::size_hint(response.body()).exact(),
-                    duration_us,
+                    duration_us: elapsed.as_micros() as u64,
                     client,
                     at: std::time::SystemTime::now(),
                 });
