@@ -38,43 +38,35 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-/// Whether the socket at `fd` is in the listening state (SO_ACCEPTCONN).
 /// A listening TCP socket's accept queue: (connections waiting, the
 /// queue's size). Linux reports both through `TCP_INFO` (`tcpi_unacked`
 /// and `tcpi_sacked` of a socket in LISTEN state, as `ss -lt` shows them);
 /// `None` for other sockets (a Unix socket has no such figure).
 pub fn listen_queue(fd: RawFd) -> Option<(u32, u32)> {
-    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: info and len point at live locals of the sizes passed.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
+    // SAFETY: tcp_info is plain integers, which TCP_INFO fills in.
+    let info: libc::tcp_info = unsafe { getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)? };
     // TCP_LISTEN is state 10 (include/net/tcp_states.h).
-    (rc == 0 && info.tcpi_state == 10).then_some((info.tcpi_unacked, info.tcpi_sacked))
+    (info.tcpi_state == 10).then_some((info.tcpi_unacked, info.tcpi_sacked))
 }
 
+/// Whether the socket at `fd` is in the listening state (SO_ACCEPTCONN).
 pub fn is_listening(fd: RawFd) -> bool {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ACCEPTCONN is an int.
+    let value = unsafe { getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) };
+    value == Some(1)
+}
+
+/// getsockopt(2) of option `name` at `level`, read into a `T`.
+///
+/// # Safety
+/// `T` must be the option's type, and all zeroes a valid `T`.
+unsafe fn getsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int) -> Option<T> {
+    // SAFETY: the caller vouches that all zeroes is a valid T.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: value and len point at live locals of the sizes passed.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && value == 1
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut value as *mut T).cast(), &mut len) };
+    (rc == 0).then_some(value)
 }
 
 /// Whether a listening socket at `fd` has a connection waiting to be

@@ -202,8 +202,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             let mut request = request;
             request.extensions_mut().insert(client);
             let upgrade = request.headers().contains_key(header::UPGRADE);
-            let (answer, route) =
-                metrics::routed(AssertUnwindSafe(router.call(request)).catch_unwind()).await;
+            let answer = AssertUnwindSafe(router.call(request)).catch_unwind();
+            // Which route answered is asked only when it is counted.
+            let (answer, route) = match ctx.metrics.enabled() {
+                true => metrics::routed(answer).await,
+                false => (answer.await, None),
+            };
             let mut response = match answer {
                 Ok(response) => response?,
                 // The panic hook has logged it; the worker carries on.
