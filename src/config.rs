@@ -88,6 +88,11 @@ pub struct Config {
     pub timeout: f64,
     /// Seconds a draining worker gets to finish before it is killed.
     pub graceful_timeout: f64,
+    /// Seconds a graceful stop keeps serving, with `/health` answering 503,
+    /// before workers stop accepting: time for a load balancer's health
+    /// checks to take the host out of rotation first. 0 (the default):
+    /// drain at once.
+    pub stop_delay: f64,
     /// Seconds a new worker gets to report ready.
     pub boot_timeout: f64,
     /// Seconds an idle keep-alive connection (or a slow request head) is kept.
@@ -180,6 +185,7 @@ impl Default for Config {
             threads: 1,
             timeout: 30.0,
             graceful_timeout: 30.0,
+            stop_delay: 0.0,
             boot_timeout: 30.0,
             keepalive: 5.0,
             max_requests: 0,
@@ -360,6 +366,7 @@ impl Config {
         let seconds = [
             ("timeout", self.timeout, false),
             ("graceful_timeout", self.graceful_timeout, false),
+            ("stop_delay", self.stop_delay, true),
             ("boot_timeout", self.boot_timeout, false),
             ("keepalive", self.keepalive, false),
             ("ws_ping_timeout", self.ws_ping_timeout, false),

@@ -143,6 +143,19 @@ pub fn pid() -> libc::pid_t {
     unsafe { libc::getpid() }
 }
 
+/// The machine's hostname (from uname: the unit's `ProcSubset=pid` hides
+/// /proc/sys/kernel/hostname), or "" if it cannot be read.
+pub fn hostname() -> String {
+    // SAFETY: uname fills the zeroed struct; its nodename is NUL-terminated.
+    let mut names: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut names) } != 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel NUL-terminates nodename within the array.
+    let name = unsafe { std::ffi::CStr::from_ptr(names.nodename.as_ptr()) };
+    name.to_string_lossy().into_owned()
+}
+
 /// Sends `signal` to `pid`. A pid that is gone is not an error: the caller
 /// learns of the exit through the child's reaper.
 pub fn signal(pid: u32, signal: libc::c_int) {

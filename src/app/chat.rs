@@ -8,7 +8,9 @@
 //!   room by `http`: publishing from an ordinary handler.
 //!
 //! What a member receives, one JSON object per text frame: first
-//! `{"type":"welcome","room":…,"member":…}` (its own id), then
+//! `{"type":"welcome","room":…,"member":…,"host":…,"pid":…}` (its own id,
+//! and the host and worker process it is connected to, as `/health` names
+//! them: which one a load balancer chose), then
 //! `{"type":"join","member":…}`, `{"type":"leave","member":…}` and
 //! `{"type":"message","from":…,"text":…}` for everyone in the room, its own
 //! included. Each text frame it sends is a message; one too large for
@@ -42,11 +44,25 @@ const MAX_ROOM: usize = 64;
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Event<'a> {
-    Welcome { room: &'a str, member: &'a str },
-    Join { member: &'a str },
-    Leave { member: &'a str },
-    Message { from: &'a str, text: &'a str },
-    Error { error: String },
+    Welcome {
+        room: &'a str,
+        member: &'a str,
+        host: &'a str,
+        pid: u32,
+    },
+    Join {
+        member: &'a str,
+    },
+    Leave {
+        member: &'a str,
+    },
+    Message {
+        from: &'a str,
+        text: &'a str,
+    },
+    Error {
+        error: String,
+    },
 }
 
 impl Event<'_> {
@@ -117,6 +133,8 @@ fn enter(upgrade: WebSocketUpgrade, ctx: WorkerContext, room: String) -> Respons
         let welcome = Event::Welcome {
             room: &room,
             member: &member,
+            host: &ctx.identity.host,
+            pid: ctx.identity.pid,
         }
         .encode();
         // Subscribed first, then announced: whoever hears the join can

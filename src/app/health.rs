@@ -3,7 +3,10 @@
 //! new across a reload; this worker's counters; its pub/sub backend and
 //! whether it is reachable ("degraded" is still a 200: the worker serves,
 //! its messages reach this worker only); and the supervisor's live
-//! figures (the same as its `STATUS=`), relayed every few seconds. It also
+//! figures (the same as its `STATUS=`), relayed every few seconds. While
+//! the service stops (the worker is leaving, or draining for a stop) it
+//! answers 503 with `"status": "stopping"`, so a load balancer's health
+//! checks take the host out while its workers still serve. It also
 //! says who it thinks the client is ([`Client`]: behind a trusted proxy,
 //! the address and scheme the proxy named), which shows at once whether
 //! `forwarded_allow_ips` fits the proxy in front.
@@ -11,6 +14,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -24,6 +28,8 @@ use crate::worker::WorkerContext;
 #[derive(Serialize)]
 pub struct Health<'a> {
     status: &'static str,
+    /// The machine's hostname: which host of a fleet answered.
+    host: &'a str,
     version: &'static str,
     build: &'a str,
     pid: u32,
@@ -39,8 +45,13 @@ pub struct Health<'a> {
 
 pub async fn health(State(ctx): State<WorkerContext>, client: Client) -> Response {
     let id = &ctx.identity;
-    Json(Health {
-        status: "healthy",
+    let (code, status) = match ctx.drain.is_leaving() {
+        true => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+        false => (StatusCode::OK, "healthy"),
+    };
+    let body = Json(Health {
+        status,
+        host: &id.host,
         version: env!("CARGO_PKG_VERSION"),
         build: &id.build,
         pid: id.pid,
@@ -51,6 +62,6 @@ pub async fn health(State(ctx): State<WorkerContext>, client: Client) -> Respons
         counters: ctx.counters(),
         pubsub: ctx.pubsub.health(),
         supervisor: ctx.supervisor_status(),
-    })
-    .into_response()
+    });
+    (code, body).into_response()
 }

@@ -48,6 +48,7 @@ fn defaults_are_the_documented_ones() {
         (30.0, 30.0, 30.0)
     );
     assert_eq!(c.keepalive, 5.0);
+    assert_eq!(c.stop_delay, 0.0);
     assert_eq!((c.ws_ping_interval, c.ws_ping_timeout), (20.0, 20.0));
     assert_eq!(
         (
@@ -66,7 +67,7 @@ fn defaults_are_the_documented_ones() {
 }
 
 #[test]
-fn seconds_have_a_range_and_only_ws_ping_interval_may_be_off() {
+fn seconds_have_a_range_and_only_ws_ping_interval_and_stop_delay_may_be_off() {
     assert!(problem_keys(|c| c.timeout = MIN_SECONDS).is_empty());
     assert_eq!(problem_keys(|c| c.timeout = 0.0009), ["timeout"]);
     assert!(problem_keys(|c| c.keepalive = MAX_SECONDS).is_empty());
@@ -80,6 +81,8 @@ fn seconds_have_a_range_and_only_ws_ping_interval_may_be_off() {
         ["boot_timeout"]
     );
     assert!(problem_keys(|c| c.ws_ping_interval = 0.0).is_empty());
+    assert!(problem_keys(|c| c.stop_delay = 0.0).is_empty());
+    assert_eq!(problem_keys(|c| c.stop_delay = -2.0), ["stop_delay"]);
     assert_eq!(
         problem_keys(|c| c.ws_ping_interval = -1.0),
         ["ws_ping_interval"]

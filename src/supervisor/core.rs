@@ -226,19 +226,35 @@ impl<O: Os> Supervisor<O> {
         if self.stopping() && !fast {
             return;
         }
+        // With stop_delay, workers keep serving that long with /health
+        // failing (a load balancer takes the host out), then drain: their
+        // deadline covers both.
+        let delay = self.serving.config.stop_delay;
         let (grace, signal, status) = if fast {
-            (FAST_STOP_GRACE, libc::SIGQUIT, "stopping now")
+            (FAST_STOP_GRACE, libc::SIGQUIT, "stopping now".to_owned())
+        } else if delay > 0.0 {
+            let grace = secs(self.serving.config.graceful_timeout) + secs(delay);
+            let status = format!(
+                "stopping: leaving the rotation for {delay} s (/health 503), then draining"
+            );
+            (grace, libc::SIGTERM, status)
         } else {
             let grace = secs(self.serving.config.graceful_timeout);
-            (grace, libc::SIGTERM, "stopping: draining workers")
+            (
+                grace,
+                libc::SIGTERM,
+                "stopping: draining workers".to_owned(),
+            )
         };
-        self.os.notify(Note::Stopping(status.into()));
-        let (workers, how) = match fast {
-            true => (self.workers.len(), "now (SIGQUIT)".to_owned()),
-            false => (
-                self.workers.len(),
-                format!("gracefully, within {} s", grace.as_secs_f64()),
+        self.os.notify(Note::Stopping(status));
+        let workers = self.workers.len();
+        let how = match fast {
+            true => "now (SIGQUIT)".to_owned(),
+            false if delay > 0.0 => format!(
+                "serving {delay} s more with /health failing (stop_delay), then gracefully, within {} s",
+                self.serving.config.graceful_timeout
             ),
+            false => format!("gracefully, within {} s", grace.as_secs_f64()),
         };
         tracing::info!(workers, fast, "stopping: {workers} workers, {how}");
         // A stop ends any reload, wherever it was: nothing may send READY=1

@@ -1,8 +1,9 @@
-//! Drain and counting: the worker's one shutdown signal, the tracker every
-//! connection and WebSocket holds a token of, and the counters heartbeats
-//! carry.
+//! Drain and counting: the worker's one shutdown signal (and, before a
+//! stop's drain, the leaving state in which `/health` fails while requests
+//! are still served), the tracker every connection and WebSocket holds a
+//! token of, and the counters heartbeats carry.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -32,12 +33,36 @@ pub enum DrainReason {
 pub struct Drain {
     token: CancellationToken,
     close_code: AtomicU16,
+    /// The service is stopping: `/health` fails from now on, so load
+    /// balancers stop sending here, though requests are still served.
+    leaving: AtomicBool,
     tracker: TaskTracker,
 }
 
 impl Drain {
     /// Starts draining; the first reason wins.
     pub fn start(&self, reason: DrainReason) {
+        self.record(reason);
+        self.token.cancel();
+    }
+
+    /// Marks the worker as leaving for a stop, without draining yet: it
+    /// keeps accepting and serving, and only its health check fails. The
+    /// drain that follows is a stop's, whatever starts it.
+    pub fn leave(&self) {
+        self.record(DrainReason::Stop);
+        self.leaving.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the service is stopping (leaving, or draining for a stop):
+    /// what `/health` answers 503 for. A restart's drain is not leaving:
+    /// the host keeps serving through the new generation.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
+            || (self.is_draining() && self.close_code() == CLOSE_GOING_AWAY)
+    }
+
+    fn record(&self, reason: DrainReason) {
         let code = match reason {
             DrainReason::Stop => CLOSE_GOING_AWAY,
             DrainReason::Restart => CLOSE_SERVICE_RESTART,
@@ -45,7 +70,6 @@ impl Drain {
         let _ = self
             .close_code
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        self.token.cancel();
     }
 
     /// Resolves once draining has started.
@@ -169,6 +193,23 @@ mod tests {
         assert_eq!(drain.close_code(), CLOSE_SERVICE_RESTART);
         assert_eq!(drain.close_reason(), "service restarting; reconnect");
         assert!(drain.is_draining());
+        assert!(
+            !drain.is_leaving(),
+            "a restart's drain keeps the host in rotation"
+        );
+    }
+
+    #[test]
+    fn leaving_fails_health_before_and_through_a_stops_drain() {
+        let drain = Drain::default();
+        drain.leave();
+        assert!(drain.is_leaving() && !drain.is_draining());
+        // A reload's SIGHUP arriving meanwhile does not make it a restart.
+        drain.start(DrainReason::Restart);
+        assert_eq!(drain.close_code(), CLOSE_GOING_AWAY);
+        let stopped = Drain::default();
+        stopped.start(DrainReason::Stop);
+        assert!(stopped.is_leaving(), "a stop with no delay");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! reads its config from the control socket, serves the app on the
 //! inherited listeners, heartbeats, and drains on signal.
 //!
-//! Signals: SIGTERM drains and closes WebSockets with 1001 (stop); SIGHUP
+//! Signals: SIGTERM drains and closes WebSockets with 1001 (stop), after
+//! `stop_delay` spent serving with `/health` failing; SIGHUP
 //! drains with 1012 (replaced by a reload, recycle or scale-down); SIGINT and
 //! SIGQUIT exit at once.
 
@@ -43,6 +44,8 @@ pub struct Identity {
     /// Identifier of the executable file this worker runs.
     pub build: String,
     pub pid: u32,
+    /// The machine's hostname, read once: which host of a fleet this is.
+    pub host: String,
 }
 
 /// What a handler can see of its worker. One `Arc`, so the clone every
@@ -368,6 +371,7 @@ async fn serve(
             generation: args.generation,
             build: args.build.clone(),
             pid: std::process::id(),
+            host: crate::sys::hostname(),
         },
         config,
         drain: Drain::default(),
@@ -505,6 +509,27 @@ async fn serve(
     Exit::Success
 }
 
+/// SIGTERM: the service stops. With `stop_delay`, the worker first leaves
+/// the rotation (`/health` answers 503, everything else is served) and
+/// drains when the delay is over; a second SIGTERM drains at once.
+fn stop(ctx: &WorkerContext) {
+    let delay = ctx.config.stop_delay;
+    if delay == 0.0 || ctx.drain.is_leaving() {
+        return ctx.drain.start(DrainReason::Stop);
+    }
+    ctx.drain.leave();
+    tracing::info!(
+        stop_delay = delay,
+        "worker {} leaving: /health answers 503 for {delay} s, then it drains",
+        ctx.identity.slot
+    );
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+        ctx.drain.start(DrainReason::Stop);
+    });
+}
+
 fn watch_signals(ctx: WorkerContext) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -513,7 +538,7 @@ fn watch_signals(ctx: WorkerContext) -> std::io::Result<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = term.recv() => ctx.drain.start(DrainReason::Stop),
+                _ = term.recv() => stop(&ctx),
                 _ = hup.recv() => ctx.drain.start(DrainReason::Restart),
                 _ = int.recv() => std::process::exit(Exit::Success as i32),
                 _ = quit.recv() => std::process::exit(Exit::Success as i32),

@@ -120,6 +120,40 @@ fn sigterm_stops_gracefully_with_stopping_note() {
     }
 }
 
+/// `stop_delay`: a graceful stop first leaves the rotation. Every worker
+/// keeps accepting new connections and serving, but `/health` answers 503
+/// ("stopping"), so a load balancer's checks take the host out before its
+/// workers stop accepting; then the usual drain, and a clean exit.
+#[test]
+fn stop_delay_fails_health_while_workers_still_serve_then_drains() {
+    let mut server = Server::ready(Options {
+        config: "stop_delay = 2".into(),
+        ..Options::default()
+    });
+    let healthy = server.health();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(healthy["host"], hostname.trim(), "which host answered");
+    server.signal(libc::SIGTERM);
+    let stopping = eventually("/health answering 503 after SIGTERM", PATIENCE, || {
+        server.get("/health").ok().filter(|r| r.status == 503)
+    });
+    let body: serde_json::Value = serde_json::from_str(&stopping.body).unwrap();
+    assert_eq!(body["status"], "stopping", "{}", stopping.body);
+    // Both workers still accept and answer on new connections meanwhile.
+    let pids: std::collections::BTreeSet<u64> = (0..40)
+        .map_while(|_| server.get("/health").ok().filter(|r| r.status == 503))
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["pid"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(pids.len(), 2, "answered by {pids:?}: {}", server.log());
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success(), "supervisor exit: {status}");
+    server.wait_log("leaving: /health answers 503 for 2 s, then it drains");
+}
+
 /// A descriptor systemd could never have meant: each is refused by name.
 #[test]
 fn invalid_listen_fds_are_refused() {

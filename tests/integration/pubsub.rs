@@ -100,6 +100,9 @@ async fn try_join(addr: SocketAddr, room: &str) -> Option<Member> {
     let welcome: serde_json::Value = serde_json::from_str(&welcome).unwrap();
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     assert_eq!(welcome["room"], room);
+    // Where it landed, as /health names it (a fleet's clients tell hosts apart).
+    assert_eq!(welcome["pid"], health["pid"], "{welcome}");
+    assert_eq!(welcome["host"], health["host"], "{welcome}");
     Some(Member {
         ws,
         id: welcome["member"].as_str().unwrap().to_owned(),

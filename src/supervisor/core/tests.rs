@@ -97,10 +97,15 @@ impl Rig {
 
     /// The same, with heartbeat `timeout` seconds.
     fn with_timeout(workers: usize, timeout: u64) -> Rig {
+        Rig::with_extra(workers, &format!("timeout = {timeout}\n"))
+    }
+
+    /// The same, with `extra` lines of config.
+    fn with_extra(workers: usize, extra: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferricorn.toml");
         let text = format!(
-            "workers = {workers}\nboot_timeout = {BOOT}\ngraceful_timeout = {GRACE}\ntimeout = {timeout}\n"
+            "workers = {workers}\nboot_timeout = {BOOT}\ngraceful_timeout = {GRACE}\n{extra}"
         );
         std::fs::write(&path, text).unwrap();
         let loader = Loader {
@@ -493,6 +498,18 @@ fn a_graceful_stop_kills_only_after_graceful_timeout() {
     let mut rig = Rig::running(1);
     rig.intent(Intent::GracefulStop);
     rig.tick_after(Duration::from_secs(GRACE) - Duration::from_millis(100));
+    assert!(rig.sent(libc::SIGKILL).is_empty());
+    rig.tick_after(Duration::from_millis(200));
+    assert_eq!(rig.sent(libc::SIGKILL).len(), 1);
+}
+
+#[test]
+fn stop_delay_adds_to_the_time_a_graceful_stop_gives_before_sigkill() {
+    let mut rig = Rig::ready(Rig::with_extra(1, "stop_delay = 3\n"));
+    rig.intent(Intent::GracefulStop);
+    // SIGTERM at once: the worker leaves the rotation, then drains.
+    assert_eq!(rig.sent(libc::SIGTERM).len(), 1);
+    rig.tick_after(Duration::from_secs(GRACE + 3) - Duration::from_millis(100));
     assert!(rig.sent(libc::SIGKILL).is_empty());
     rig.tick_after(Duration::from_millis(200));
     assert_eq!(rig.sent(libc::SIGKILL).len(), 1);
