@@ -3,10 +3,10 @@
 //! new across a reload; this worker's counters; its pub/sub backend and
 //! whether it is reachable ("degraded" is still a 200: the worker serves,
 //! its messages reach this worker only); and the supervisor's live
-//! figures (the same as its `STATUS=`), relayed every few seconds. While
-//! the service stops (the worker is leaving, or draining for a stop) it
-//! answers 503 with `"status": "stopping"`, so a load balancer's health
-//! checks take the host out while its workers still serve. It also
+//! figures (the same as its `STATUS=`), relayed every few seconds. When a
+//! stop has a `stop_delay`, it answers 503 with `"status": "stopping"`
+//! from the stop on, so a load balancer's health checks take the host out
+//! while its workers still serve. It also
 //! says who it thinks the client is ([`Client`]: behind a trusted proxy,
 //! the address and scheme the proxy named), which shows at once whether
 //! `forwarded_allow_ips` fits the proxy in front.

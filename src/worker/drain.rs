@@ -54,12 +54,14 @@ impl Drain {
         self.leaving.store(true, Ordering::SeqCst);
     }
 
-    /// Whether the service is stopping (leaving, or draining for a stop):
-    /// what `/health` answers 503 for. A restart's drain is not leaving:
-    /// the host keeps serving through the new generation.
+    /// Whether the worker left the rotation for a stop (`stop_delay`), and
+    /// so through the drain that follows: what `/health` answers 503 for.
+    /// A stop without a delay never fails `/health` (its workers stop
+    /// accepting at once, and a request in flight gets its usual answer),
+    /// nor does a restart's drain: the host serves on through the new
+    /// generation.
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Relaxed)
-            || (self.is_draining() && self.close_code() == CLOSE_GOING_AWAY)
     }
 
     fn record(&self, reason: DrainReason) {
@@ -200,16 +202,20 @@ mod tests {
     }
 
     #[test]
-    fn leaving_fails_health_before_and_through_a_stops_drain() {
+    fn leaving_lasts_through_the_drain_and_only_a_delayed_stop_leaves() {
         let drain = Drain::default();
         drain.leave();
         assert!(drain.is_leaving() && !drain.is_draining());
         // A reload's SIGHUP arriving meanwhile does not make it a restart.
         drain.start(DrainReason::Restart);
         assert_eq!(drain.close_code(), CLOSE_GOING_AWAY);
+        assert!(drain.is_leaving() && drain.is_draining());
         let stopped = Drain::default();
         stopped.start(DrainReason::Stop);
-        assert!(stopped.is_leaving(), "a stop with no delay");
+        assert!(
+            !stopped.is_leaving(),
+            "a stop with no delay: in-flight /health stays 200"
+        );
     }
 
     #[test]
