@@ -230,32 +230,30 @@ impl<O: Os> Supervisor<O> {
         // failing (a load balancer takes the host out), then drain: their
         // deadline covers both.
         let delay = self.serving.config.stop_delay;
-        let (grace, signal, status) = if fast {
-            (FAST_STOP_GRACE, libc::SIGQUIT, "stopping now".to_owned())
+        let graceful = self.serving.config.graceful_timeout;
+        let (grace, signal, status, how) = if fast {
+            let how = "now (SIGQUIT)".to_owned();
+            (
+                FAST_STOP_GRACE,
+                libc::SIGQUIT,
+                "stopping now".to_owned(),
+                how,
+            )
         } else if delay > 0.0 {
-            let grace = secs(self.serving.config.graceful_timeout) + secs(delay);
             let status = format!(
                 "stopping: leaving the rotation for {delay} s (/health 503), then draining"
             );
-            (grace, libc::SIGTERM, status)
+            let how = format!(
+                "serving {delay} s more with /health failing (stop_delay), then gracefully, within {graceful} s"
+            );
+            (secs(graceful) + secs(delay), libc::SIGTERM, status, how)
         } else {
-            let grace = secs(self.serving.config.graceful_timeout);
-            (
-                grace,
-                libc::SIGTERM,
-                "stopping: draining workers".to_owned(),
-            )
+            let how = format!("gracefully, within {graceful} s");
+            let status = "stopping: draining workers".to_owned();
+            (secs(graceful), libc::SIGTERM, status, how)
         };
         self.os.notify(Note::Stopping(status));
         let workers = self.workers.len();
-        let how = match fast {
-            true => "now (SIGQUIT)".to_owned(),
-            false if delay > 0.0 => format!(
-                "serving {delay} s more with /health failing (stop_delay), then gracefully, within {} s",
-                self.serving.config.graceful_timeout
-            ),
-            false => format!("gracefully, within {} s", grace.as_secs_f64()),
-        };
         tracing::info!(workers, fast, "stopping: {workers} workers, {how}");
         // A stop ends any reload, wherever it was: nothing may send READY=1
         // after STOPPING=1.
