@@ -141,6 +141,7 @@ class Server:
     def __post_init__(self):
         self.key = self.key or self.name
         self.proc = None
+        self.wrap = []
         self.tmp = None
 
     @property
@@ -150,7 +151,10 @@ class Server:
             label += f" -w {self.workers}"
         return f"{label}, {self.variant}" if self.variant else label
 
-    def start(self, pinned):
+    def start(self, pinned, wrap=()):
+        """Starts the server on a free port. `wrap` runs it under a tool
+        (valgrind), whose slowness the waits allow for."""
+        self.wrap = list(wrap)
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix="ferricorn-bench-")
         addr = f"127.0.0.1:{self.port}"
@@ -159,7 +163,8 @@ class Server:
             if k.startswith("FERRICORN_"):
                 del env[k]
         env.update(self.env)
-        pin = ["taskset", "-c", SERVER_CORE] if pinned else []
+        pin = (["taskset", "-c", SERVER_CORE] if pinned else []) + self.wrap
+        patience = 300 if self.wrap else 30
         if self.kind == "ferricorn":
             notify = os.path.join(self.tmp, "notify")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -174,7 +179,7 @@ class Server:
             started = time.monotonic()
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log,
                                          preexec_fn=raise_nofile)
-            sock.settimeout(30)
+            sock.settimeout(patience)
             while True:
                 if b"READY=1" in sock.recv(4096):
                     break
@@ -196,8 +201,11 @@ class Server:
                 # The very bytes a ferricorn worker answers, so nginx's
                 # responses are the same size.
                 body = ferricorn_health_body()
+                # Under a tool, one process serves: the master itself.
+                master = "off" if self.wrap else "on"
                 Path(conf).write_text(f"""
 daemon off;
+master_process {master};
 worker_processes {self.workers};
 error_log {self.tmp}/error.log;
 pid {self.tmp}/nginx.pid;
@@ -222,7 +230,7 @@ http {{
                 cmd = ["nginx", "-c", conf, "-p", self.tmp]
             self.proc = subprocess.Popen(pin + cmd, env=env, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
-            wait_http(self.port)
+            wait_http(self.port, limit=patience)
         time.sleep(0.3)
         return self
 
@@ -231,9 +239,20 @@ http {{
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM if self.kind != "nginx" else signal.SIGQUIT)
+            sig = signal.SIGQUIT if self.kind == "nginx" else signal.SIGTERM
+            # Under valgrind, nginx's single process can take the signal
+            # just before it blocks in epoll_wait with no timer, and sleep
+            # on: the signal is sent again until it ends.
+            tries = 24 if self.wrap else 1
             try:
-                self.proc.wait(20)
+                for attempt in range(tries):
+                    self.proc.send_signal(sig)
+                    try:
+                        self.proc.wait(5 if self.wrap else 20)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if attempt + 1 == tries:
+                            raise
             except subprocess.TimeoutExpired:
                 for p in reversed(self.pids()):
                     try:
@@ -655,9 +674,9 @@ def metrics_suite(results):
     # Wall-clock figures here swing by 2-3× between rounds; instructions
     # do not.
     for key, extra in ((off.key, {}), (on.key, {"metrics_bind": f"127.0.0.1:{free_port()}"})):
-        per_request = instructions_per_request(extra)
-        results[("metrics instructions", key)] = per_request
-        print(f"  metrics {key:40} {per_request:.0f} instructions/request in the worker", file=sys.stderr)
+        count = instructions_per_request(Server("ferricorn", workers=1, extra=extra))
+        results[("metrics instructions", key)] = count
+        print(f"  metrics {key:40} {count:.0f} instructions/request in the worker", file=sys.stderr)
 
 
 def keepalive_requests(port, count):
@@ -677,44 +696,57 @@ def keepalive_requests(port, count):
             buf = buf[length:]
 
 
-CALLGRIND_REQUESTS = (2000, 12000)
+# Requests counted under valgrind: the figure is the count after the second
+# less the count after the first, over the difference.
+VALGRIND_REQUESTS = (2000, 12000)
 
 
-def instructions_per_request(extra):
-    """Instructions a ferricorn worker (-w 1, access log off) executes per
-    keep-alive `GET /health`, counted by valgrind's callgrind: the worker's
-    total after CALLGRIND_REQUESTS[1] requests less its total after [0],
-    over the difference, so start-up, warm-up and shutdown cancel out. The
-    same count on every run, whatever else the machine does."""
+def per_request(srv, tool):
+    """What one process of `srv` spends per keep-alive `GET /health`, under
+    valgrind's `tool`: "callgrind" gives instructions, "dhat" heap blocks and
+    bytes allocated. The process is the one that serves: a ferricorn worker
+    (not its supervisor), nginx's single process, bare axum. The count after
+    VALGRIND_REQUESTS[1] requests less the count after [0], over the
+    difference, so start-up, warm-up and shutdown cancel out. The same
+    count on every run, whatever else the machine does."""
     totals = []
-    for count in CALLGRIND_REQUESTS:
-        tmp = tempfile.mkdtemp(prefix="ferricorn-callgrind-")
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FERRICORN_")}
-        env["FERRICORN_ACCESS_LOG"] = "false"
-        for k, v in extra.items():
-            env[f"FERRICORN_{k.upper()}"] = str(v)
-        cmd = ["valgrind", "--tool=callgrind", "--trace-children=yes",
-               f"--callgrind-out-file={tmp}/callgrind.%p", str(FERRICORN), "--config", "/dev/null",
-               "--bind", f"127.0.0.1:{port}", "--workers", "1", "serve"]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for count in VALGRIND_REQUESTS:
+        tmp = tempfile.mkdtemp(prefix=f"ferricorn-{tool}-")
+        wrap = ["valgrind", f"--tool={tool}", "--trace-children=yes",
+                f"--{tool}-out-file={tmp}/out.%p"]
+        srv.start(False, wrap=wrap)
         try:
-            wait_http(port, limit=120)
-            keepalive_requests(port, 200)  # warm-up
-            keepalive_requests(port, count)
+            keepalive_requests(srv.port, 200)  # warm-up
+            keepalive_requests(srv.port, count)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
-        worker = None
-        for f in Path(tmp).glob("callgrind.*"):
-            text = f.read_text(errors="replace")
-            if re.search(r"^cmd: .* worker ", text, re.M):
-                worker = int(re.search(r"^summary: (\d+)", text, re.M).group(1))
+            srv.stop()
+        found = [valgrind_totals(f, tool) for f in Path(tmp).glob("out.*")]
         shutil.rmtree(tmp, ignore_errors=True)
-        if worker is None:
-            raise RuntimeError("no callgrind output for the worker")
-        totals.append(worker)
-    return (totals[1] - totals[0]) / (CALLGRIND_REQUESTS[1] - CALLGRIND_REQUESTS[0])
+        # A ferricorn supervisor re-executes itself as `… worker …`.
+        serving = [t for cmd, t in found if srv.kind != "ferricorn" or " worker " in cmd]
+        if len(serving) != 1:
+            raise RuntimeError(f"{tool}: {len(serving)} serving processes of {srv.name}")
+        totals.append(serving[0])
+    span = VALGRIND_REQUESTS[1] - VALGRIND_REQUESTS[0]
+    return {k: (totals[1][k] - totals[0][k]) / span for k in totals[0]}
+
+
+def valgrind_totals(path, tool):
+    """(command line, {figure: total}) from one valgrind output file."""
+    text = path.read_text(errors="replace")
+    if tool == "callgrind":
+        cmd = re.search(r"^cmd: (.*)$", text, re.M)
+        if cmd is None:
+            raise RuntimeError(f"{path}: no cmd line in {text[:300]!r}")
+        cmd = cmd.group(1)
+        return cmd, {"instructions": int(re.search(r"^summary: (\d+)", text, re.M).group(1))}
+    data = json.loads(text)
+    return data["cmd"], {"blocks": sum(pp["tbk"] for pp in data["pps"]),
+                         "bytes": sum(pp["tb"] for pp in data["pps"])}
+
+
+def instructions_per_request(srv):
+    return per_request(srv, "callgrind")["instructions"]
 
 
 def metrics_table(add, results):
@@ -750,6 +782,89 @@ def metrics_table(add, results):
             f"{spread([r['cpu_us'] for r in runs], '{:.1f}')} | {sum(r['errors'] for r in runs)} | "
             f"{rps / rps0:.3f}× | {cpu / cpu0:.3f}× | {ins:.0f} | {ins / ins0:.3f}× |")
     add("")
+
+
+PERCORE_ROUNDS = max(REPEAT, 6)
+
+
+def percore_suite(results):
+    """One core's worth: ferricorn -w 1 (access log off and on), bare axum
+    and nginx (one worker), all serving the same `/health` body, each
+    pinned to core 0 with `wrk -t1 -c50` on core 1. All four are up at once
+    and their runs interleaved round by round, so drift on this shared
+    machine hits each alike. Then what each spends per request, counted
+    under valgrind where the count does not drift: instructions
+    (callgrind) and heap allocations (DHAT) in the process that serves."""
+    servers = PERCORE_SERVERS
+    for srv in servers:
+        srv.start(True)
+    try:
+        runs = {srv.key: [] for srv in servers}
+        for _ in range(PERCORE_ROUNDS):
+            for srv in servers:
+                pids = srv.pids()
+                before = cpu_split(pids)
+                r = wrk(srv.port, 50, True)
+                after = cpu_split(pids)
+                user, system = after[0] - before[0], after[1] - before[1]
+                r["cpu_us"] = (user + system) * 1e6 / max(r["requests"], 1)
+                r["user_us"] = user * 1e6 / max(r["requests"], 1)
+                runs[srv.key].append(r)
+    finally:
+        for srv in servers:
+            srv.stop()
+    for srv in servers:
+        results[("percore", srv.key)] = runs[srv.key]
+        counted = per_request(srv, "callgrind") | per_request(srv, "dhat")
+        results[("percore counted", srv.key)] = counted
+        print(f"  per core {srv.name:28} {median([r['rps'] for r in runs[srv.key]]):>9.0f} req/s  "
+              f"cpu {median([r['cpu_us'] for r in runs[srv.key]]):.2f} us/req  "
+              f"{counted['instructions']:.0f} instructions, {counted['blocks']:.1f} allocations/req",
+              file=sys.stderr)
+
+
+def percore_table(add, results):
+    """The per-core suite's table, and the issue's targets against it."""
+    if ("percore", PERCORE_FERRICORN.key) not in results:
+        return
+    rps = lambda srv: median([r["rps"] for r in results[("percore", srv.key)]])
+    cpu = lambda srv: median([r["cpu_us"] for r in results[("percore", srv.key)]])
+    ins = lambda srv: results[("percore counted", srv.key)]["instructions"]
+    add(f"### One core: `GET /health` (the same body), server pinned to core 0, wrk -t1 -c50 on core 1, "
+        f"{PERCORE_ROUNDS} interleaved rounds\n")
+    add("Instructions and heap allocations are per request in the process that serves "
+        "(a ferricorn worker, with its access-log thread; nginx's single process; bare axum), "
+        f"counted under valgrind over {VALGRIND_REQUESTS[1] - VALGRIND_REQUESTS[0]:,} keep-alive "
+        "requests after warm-up: the same on every run. Server CPU is user + system time of all "
+        "the server's processes (ferricorn's supervisor too) over the requests served.\n")
+    add("| server | req/s | server CPU µs/req | of it user µs/req | errors | instructions/req | "
+        "allocations/req | bytes allocated/req | req/s vs nginx | CPU vs nginx | instructions vs nginx |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for srv in PERCORE_SERVERS:
+        runs = results[("percore", srv.key)]
+        counted = results[("percore counted", srv.key)]
+        add(f"| {srv.name} | {spread([r['rps'] for r in runs])} | {spread([r['cpu_us'] for r in runs], '{:.2f}')} | "
+            f"{median([r['user_us'] for r in runs]):.2f} | {sum(r['errors'] for r in runs)} | "
+            f"{counted['instructions']:,.0f} | {counted['blocks']:.1f} | {counted['bytes']:,.0f} | "
+            f"{rps(srv) / rps(PERCORE_NGINX):.2f}× | {cpu(srv) / cpu(PERCORE_NGINX):.2f}× | "
+            f"{ins(srv) / ins(PERCORE_NGINX):.2f}× |")
+    add("")
+    f, log, bare, ngx = PERCORE_FERRICORN, PERCORE_LOG, PERCORE_BARE, PERCORE_NGINX
+    verdict = lambda ok: "met" if ok else "**not met**"
+    targets = [
+        ("req/s ≥ 0.9× nginx", rps(f) / rps(ngx), rps(f) / rps(ngx) >= 0.9),
+        ("server CPU/req ≤ 1.1× nginx", cpu(f) / cpu(ngx), cpu(f) / cpu(ngx) <= 1.1),
+        ("req/s ≥ 1.0× bare axum", rps(f) / rps(bare), rps(f) / rps(bare) >= 1.0),
+        ("access log on costs ≤ 15 % (CPU/req)", cpu(log) / cpu(f) - 1, cpu(log) / cpu(f) - 1 <= 0.15),
+    ]
+    add("| target (ferricorn -w 1) | measured | |")
+    add("|---|---|---|")
+    for name, value, ok in targets:
+        shown = f"{value:+.1%}" if "access" in name else f"{value:.2f}×"
+        add(f"| {name} | {shown} | {verdict(ok)} |")
+    add(f"\nThe access log's cost in instructions: {ins(log) / ins(f) - 1:+.0%} "
+        f"({ins(log) - ins(f):,.0f} a request, on its own thread); in req/s: "
+        f"{rps(log) / rps(f) - 1:+.1%}.\n")
 
 
 def startup_suite(results):
@@ -791,6 +906,7 @@ def report(results, servers):
         f"nginx {tool_version(['nginx', '-v'])}; {py_versions()}; {DURATION} s per run, "
         f"{REPEAT} runs each, min / median / max. Gunicorn's formula, 2 × cores + 1, "
         f"gives {GUNICORN_FORMULA_WORKERS} workers here.\n")
+    percore_table(add, results)
     for pinned in (True, False):
         for conns in (50, 200):
             add(f"### HTTP keep-alive `GET /health`, c={conns}, "
@@ -906,6 +1022,12 @@ SERVERS = [
     Server("uvicorn"),
     NGINX,
 ]
+# One core's worth (the per-core suite).
+PERCORE_FERRICORN = Server("ferricorn", workers=1, key="percore ferricorn")
+PERCORE_LOG = Server("ferricorn", workers=1, variant="access log", access_log=True, key="percore log")
+PERCORE_BARE = Server("bare", key="percore bare")
+PERCORE_NGINX = Server("nginx", workers=1, key="percore nginx")
+PERCORE_SERVERS = [PERCORE_FERRICORN, PERCORE_LOG, PERCORE_BARE, PERCORE_NGINX]
 # WebSocket echo: nginx has no /ws, and the variants change nothing there.
 WS_SERVERS = [FERRICORN_CORES, Server("ferricorn", workers=1), BARE_AXUM, GUNICORN_2, Server("uvicorn")]
 IDLE_SERVERS = [Server("ferricorn", workers=1, variant="worker_connections 20000",
@@ -929,10 +1051,13 @@ def main():
     # BENCH_SERVERS="ferricorn -w 2;nginx" runs a part of the table.
     if wanted := os.environ.get("BENCH_SERVERS"):
         servers = [s for s in servers if s.name in wanted.split(";")]
-    everything = ["http", "conn", "ws", "idle", "mem", "fair", "startup", "reload", "metrics", "fanout"]
+    everything = ["percore", "http", "conn", "ws", "idle", "mem", "fair", "startup", "reload", "metrics",
+                  "fanout"]
     only = os.environ.get("BENCH_ONLY", ",".join(everything)).split(",")
     results = {}
     print(f"# benchmark: {DURATION}s runs × {REPEAT}", file=sys.stderr)
+    if "percore" in only:
+        percore_suite(results)
     if "http" in only:
         http_suite(servers, results)
     if "conn" in only:
@@ -962,6 +1087,8 @@ def main():
     else:
         print(json.dumps({" ".join(map(str, k)) if isinstance(k, tuple) else k: v for k, v in results.items()}, indent=1))
         lines = []
+        if "percore" in only:
+            percore_table(lines.append, results)
         if "metrics" in only:
             metrics_table(lines.append, results)
         if "fanout" in only:
