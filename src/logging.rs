@@ -4,6 +4,10 @@
 //! Worker lines carry `WORKER` (slot) and `GENERATION`, so
 //! `journalctl -u ferricorn WORKER=2` reads one worker.
 
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::OnceLock;
+
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
@@ -41,6 +45,60 @@ pub fn early(priority: Early, message: std::fmt::Arguments<'_>) {
         eprintln!("<{}>ferricorn: {message}", priority as u8);
     } else {
         eprintln!("ferricorn: {message}");
+    }
+}
+
+/// Set by [`init`] when lines are plain text on stderr: what each starts
+/// with (`worker 1 gen 1: ` in a worker).
+static TEXT_PREFIX: OnceLock<String> = OnceLock::new();
+
+/// The prefix of this process's lines when they are plain text on stderr;
+/// None for the journal and JSON lines, whose events keep fields apart
+/// from the message.
+pub fn text_prefix() -> Option<&'static str> {
+    TEXT_PREFIX.get().map(String::as_str)
+}
+
+/// Writes `text`, whole lines in the layout of this module's text lines,
+/// to stderr (through this thread's batch, if one is open).
+pub fn write_text(text: &[u8]) {
+    let _ = Stderr.write_all(text);
+}
+
+thread_local! {
+    /// Lines this thread writes to stderr inside [`batched`], held for one
+    /// write.
+    static BATCH: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, and writes the stderr log lines this thread emits meanwhile
+/// with one `write` at the end rather than one each: the access log's
+/// writer puts a burst of lines out at the cost of one system call. Lines
+/// to the journal are unaffected (it takes one entry per datagram).
+pub fn batched<R>(f: impl FnOnce() -> R) -> R {
+    let held = BATCH.with_borrow_mut(|b| b.replace(Vec::new()).is_some());
+    let result = f();
+    if !held {
+        if let Some(lines) = BATCH.with_borrow_mut(Option::take) {
+            let _ = std::io::stderr().write_all(&lines);
+        }
+    }
+    result
+}
+
+/// stderr for the fmt layer: the open batch of this thread, if any.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match BATCH.with_borrow_mut(|b| b.as_mut().map(|lines| lines.extend_from_slice(buf))) {
+            Some(()) => Ok(buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -85,10 +143,11 @@ pub fn init(level: LogLevel, format: LogFormat, role: Role) {
         Role::Worker { slot, generation } => format!("worker {slot} gen {generation}: "),
     };
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_ansi(false);
     match format {
         LogFormat::Text => {
+            let _ = TEXT_PREFIX.set(prefix.clone());
             let layer = layer.event_format(Prefixed {
                 prefix,
                 inner: format::Format::default().with_ansi(false),

@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::FromRequestParts;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::HeaderMap;
 use ipnet::IpNet;
@@ -77,6 +77,28 @@ impl std::fmt::Display for Client {
         match self.ip {
             Some(ip) => ip.fmt(f),
             None => f.write_str("unix"),
+        }
+    }
+}
+
+impl Client {
+    /// Appends what `Display` writes, faster: an IPv4 address, the usual
+    /// case, by hand (`Display` for one costs over 1,000 instructions,
+    /// paid per request by `/health` and the access log).
+    pub fn push_to(&self, out: &mut String) {
+        match self.ip {
+            Some(IpAddr::V4(ip)) => {
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    out.push_str(itoa::Buffer::new().format(octet));
+                }
+            }
+            _ => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{self}");
+            }
         }
     }
 }
@@ -172,7 +194,7 @@ impl AllowIps {
         let mut last = None;
         let mut walked = 0;
         // Header lines in reverse, each line's entries in reverse.
-        for line in headers.get_all("x-forwarded-for").iter().rev() {
+        for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
             let Ok(line) = line.to_str() else {
                 return last;
             };
@@ -212,8 +234,13 @@ fn parse_hop(entry: &str) -> Option<IpAddr> {
 
 /// `X-Forwarded-Proto`: `https` or `http` (a list's right-most entry, the
 /// nearest proxy's); anything else is ignored.
+// Names built once: looking a header up by `&str` parses the name on every
+// request (about 250 instructions each).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
-    let value: &HeaderValue = headers.get_all("x-forwarded-proto").iter().next_back()?;
+    let value: &HeaderValue = headers.get_all(&X_FORWARDED_PROTO).iter().next_back()?;
     let last = value.to_str().ok()?.rsplit(',').next()?.trim();
     if last.eq_ignore_ascii_case("https") || last.eq_ignore_ascii_case("wss") {
         Some(Scheme::Https)

@@ -12,9 +12,11 @@
 //! never before the supervisor spawns workers, so no connection crosses a
 //! fork. State shared by *clients* (who is in a room) never lives in one
 //! worker: the next connection may land on another; publish it instead.
+//!
+//! `/health` is not here: it is the worker's own (`worker/health.rs`),
+//! answered before this router sees the request, whatever the app routes.
 
 mod chat;
-mod health;
 pub mod ws;
 
 use axum::routing::get;
@@ -25,7 +27,6 @@ use crate::worker::WorkerContext;
 /// The application's routes, built once per worker at start.
 pub fn router(ctx: WorkerContext) -> Router {
     Router::new()
-        .route("/health", get(health::health))
         .route("/ws", get(ws::echo))
         .with_state(ctx.clone())
         .merge(chat::router(ctx))

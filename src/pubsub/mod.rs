@@ -83,6 +83,17 @@ pub enum Backend {
     Local,
 }
 
+impl Backend {
+    /// The name `/health` gives it (the same as its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Redis => "redis",
+            Backend::Local => "local",
+        }
+    }
+}
+
 pub(crate) struct Inner {
     backend: Backend,
     /// This process's id among publishers: random, so two hosts differ.

@@ -128,6 +128,12 @@ impl Recorder {
         self.enabled
     }
 
+    /// The id of a route the server answers itself (not through the
+    /// router, so no [`Tag`] sees it); None when nothing is counted.
+    pub(crate) fn route(&self, template: &str) -> Option<RouteId> {
+        self.enabled.then(|| self.route_id(template))
+    }
+
     /// The id of route `template`, given one the first time it is seen.
     fn route_id(&self, template: &str) -> RouteId {
         for (id, slot) in self.routes.iter().enumerate() {
@@ -207,14 +213,16 @@ impl Recorder {
 /// A request being timed: what is known of it before the app runs.
 pub(crate) struct Timing {
     method: u8,
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
 }
 
 impl Timing {
-    pub fn start<B>(request: &Request<B>) -> Timing {
+    /// Starts timing `request`; with `timed` false (nothing counts or logs
+    /// the time) the clock is not read and [`Timing::finish`] says zero.
+    pub fn start<B>(request: &Request<B>, timed: bool) -> Timing {
         Timing {
             method: method_index(request.method()),
-            started: std::time::Instant::now(),
+            started: timed.then(std::time::Instant::now),
         }
     }
 
@@ -227,7 +235,7 @@ impl Timing {
         route: Option<RouteId>,
         status: StatusCode,
     ) -> Duration {
-        let elapsed = self.started.elapsed();
+        let elapsed = self.started.map_or(Duration::ZERO, |t| t.elapsed());
         if recorder.enabled {
             let route = route.unwrap_or(UNMATCHED_ID);
             recorder.record(route, self.method, status, elapsed);
@@ -312,7 +320,7 @@ mod tests {
         assert_eq!(recorder.route_id("/one-too-many"), OTHER_ID);
         let t = Timing {
             method: 0,
-            started: std::time::Instant::now(),
+            started: Some(std::time::Instant::now()),
         };
         let _ = t.finish(&recorder, Some(OTHER_ID), StatusCode::OK);
         let report = recorder.report();

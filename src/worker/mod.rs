@@ -10,6 +10,7 @@
 mod access;
 mod drain;
 mod head;
+mod health;
 pub(crate) mod metrics;
 pub(crate) mod server;
 
@@ -73,8 +74,8 @@ pub struct Shared {
     /// Counts for `/metrics` (a no-op when the service has no metrics
     /// listener).
     pub(crate) metrics: metrics::Recorder,
-    /// The supervisor's latest figures, as it last sent them.
-    supervisor: std::sync::RwLock<Option<Arc<SupervisorStatus>>>,
+    /// The supervisor's latest figures, as it last sent them, and as JSON.
+    supervisor: std::sync::RwLock<Option<(Arc<SupervisorStatus>, Box<str>)>>,
     control: mpsc::UnboundedSender<Outgoing>,
     /// Requests after which this worker asks to be replaced; 0 never.
     retire_after: u64,
@@ -83,6 +84,8 @@ pub struct Shared {
     slots: Arc<Semaphore>,
     /// Where request records go, when `access_log` is on.
     access_log: Option<Arc<access::AccessLog>>,
+    /// `/health`, answered before the app's router.
+    health: health::Page,
 }
 
 /// Holds a WebSocket open: in the counters, in a connection slot, and in
@@ -107,7 +110,18 @@ impl Shared {
     /// The supervisor's live figures (generation, workers ready, requests/s,
     /// restarts, last reload), refreshed every few seconds.
     pub fn supervisor_status(&self) -> Option<Arc<SupervisorStatus>> {
-        self.supervisor.read().ok().and_then(|s| s.clone())
+        let slot = self.supervisor.read().ok()?;
+        slot.as_ref().map(|(status, _)| status.clone())
+    }
+
+    /// Calls `f` with the supervisor's latest figures as a JSON object
+    /// (rendered once as they arrive, not per call), or None before any.
+    pub fn with_supervisor_json<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
+        let slot = self.supervisor.read().ok();
+        f(slot
+            .as_ref()
+            .and_then(|s| s.as_ref())
+            .map(|(_, json)| &json[..]))
     }
 
     /// This worker's own counters.
@@ -365,14 +379,16 @@ async fn serve(
         crate::config::PubSubTarget::Embedded
     });
     let pubsub = PubSub::start(target, hub);
+    let identity = Identity {
+        slot: args.slot,
+        generation: args.generation,
+        build: args.build.clone(),
+        pid: std::process::id(),
+        host: crate::sys::hostname(),
+    };
     let ctx = WorkerContext(Arc::new(Shared {
-        identity: Identity {
-            slot: args.slot,
-            generation: args.generation,
-            build: args.build.clone(),
-            pid: std::process::id(),
-            host: crate::sys::hostname(),
-        },
+        health: health::Page::new(&identity),
+        identity,
         config,
         drain: Drain::default(),
         pubsub,
@@ -411,8 +427,9 @@ async fn serve(
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<SupervisorStatus>(&line) {
                 Ok(status) => {
+                    let json = serde_json::to_string(&status).expect("numbers and strings");
                     if let Ok(mut slot) = figures.supervisor.write() {
-                        *slot = Some(Arc::new(status));
+                        *slot = Some((Arc::new(status), json.into()));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "bad status line from supervisor: {e}"),
@@ -488,6 +505,9 @@ async fn serve(
         args.slot
     );
     ctx.drain.finished().await;
+    if let Some(log) = &ctx.access_log {
+        log.flush(Duration::from_secs(1));
+    }
     // Leave notices and last messages go out before the process does.
     ctx.pubsub.flush(Duration::from_secs(1)).await;
     // The final counts: what was served since the last heartbeat would

@@ -26,6 +26,7 @@ use tower::Service;
 
 use super::access::AccessRecord;
 use super::head::{Inspected, Limits, Verdicts};
+use super::health;
 use super::metrics::{self, Timing};
 use super::WorkerContext;
 use crate::proxy::Peer;
@@ -186,7 +187,9 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         if ctx.drain.is_draining() {
             activity.started.notify_waiters();
         }
-        let timing = Timing::start(&request);
+        // The clock is read only for what uses the time.
+        let timed = ctx.metrics.enabled() || ctx.access_log.is_some();
+        let timing = Timing::start(&request, timed);
         async move {
             if let Some(status) = refused {
                 // The stand-in for a head the inspector refused: never the app's.
@@ -199,14 +202,19 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 .forwarded_allow_ips
                 .client(peer, request.headers());
             let head = ctx.access_log.as_ref().map(|log| log.head(&request));
-            let mut request = request;
-            request.extensions_mut().insert(client);
             let upgrade = request.headers().contains_key(header::UPGRADE);
-            let answer = AssertUnwindSafe(router.call(request)).catch_unwind();
-            // Which route answered is asked only when it is counted.
-            let (answer, route) = match ctx.metrics.enabled() {
-                true => metrics::routed(answer).await,
-                false => (answer.await, None),
+            let (answer, route) = if request.uri().path() == health::PATH {
+                let response = ctx.health.respond(&ctx, request.method(), client);
+                (Ok(Ok(response)), ctx.metrics.route(health::PATH))
+            } else {
+                let mut request = request;
+                request.extensions_mut().insert(client);
+                let answer = AssertUnwindSafe(router.call(request)).catch_unwind();
+                // Which route answered is asked only when it is counted.
+                match ctx.metrics.enabled() {
+                    true => metrics::routed(answer).await,
+                    false => (answer.await, None),
+                }
             };
             let mut response = match answer {
                 Ok(response) => response?,

@@ -385,3 +385,64 @@ fn log_lines_read_on_their_own() {
         r"^worker [12] drained after \d+ requests, exiting$",
     );
 }
+
+/// `/health` is the worker's own, answered before the app's router: `GET`
+/// (whatever the query) and `HEAD` answer, the latter with the length and
+/// no body; any other method gets 405 naming the two.
+#[test]
+fn health_answers_get_and_head_and_refuses_other_methods() {
+    let server = Server::ready(Options::default());
+    let ask = |request: &str| {
+        let (raw, closed) = exchange(server.addr, request.as_bytes(), PATIENCE);
+        assert!(closed, "{request}: the server kept the connection");
+        String::from_utf8(raw).unwrap()
+    };
+    let head = ask("HEAD /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (fields, body) = head.split_once("\r\n\r\n").expect("a whole head");
+    let parsed = parse_head(fields).unwrap();
+    assert_eq!(parsed.status, 200, "{head}");
+    assert!(parsed.content_length.is_some_and(|n| n > 100), "{head}");
+    assert_eq!(body, "", "HEAD answered with a body");
+    let get = ask("GET /health?probe=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert!(get.starts_with("HTTP/1.1 200 "), "{get}");
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+        let refused = ask(&format!(
+            "{method} /health HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(refused.starts_with("HTTP/1.1 405 "), "{refused}");
+        assert!(
+            refused
+                .to_ascii_lowercase()
+                .contains("\r\nallow: get,head\r\n"),
+            "{refused}"
+        );
+    }
+}
+
+/// The access log's writer looks at its queue every 50 ms; a worker that
+/// exits meanwhile has it write what is queued first, so a stop loses no
+/// line of a request it served.
+#[test]
+fn a_stopping_worker_writes_its_last_access_lines() {
+    let mut server = Server::ready(Options {
+        workers: 1,
+        ..Options::default()
+    });
+    for i in 0..3 {
+        assert_eq!(
+            server.get(&format!("/health?last-{i}")).unwrap().status,
+            200
+        );
+    }
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    let log = server.log();
+    for i in 0..3 {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("ferricorn::access")
+                    && l.contains(&format!("/health?last-{i} "))),
+            "no access line for request {i}:\n{log}"
+        );
+    }
+}
