@@ -728,7 +728,12 @@ def per_request(srv, tool):
             raise RuntimeError(f"{tool}: {len(serving)} serving processes of {srv.name}")
         totals.append(serving[0])
     span = VALGRIND_REQUESTS[1] - VALGRIND_REQUESTS[0]
-    return {k: (totals[1][k] - totals[0][k]) / span for k in totals[0]}
+    counted = {k: (totals[1][k] - totals[0][k]) / span for k in totals[0]}
+    # Every server here allocates per request; none at all means the tool
+    # did not see the allocator (one linked in statically), not a free lunch.
+    if any(v <= 0 for v in counted.values()):
+        raise RuntimeError(f"{tool} counted nothing per request for {srv.name}: {counted}")
+    return counted
 
 
 def valgrind_totals(path, tool):
