@@ -840,7 +840,7 @@ def percore_table(add, results):
     add("Instructions and heap allocations are per request in the process that serves "
         "(a ferricorn worker, with its access-log thread; nginx's single process; bare axum), "
         f"counted under valgrind over {VALGRIND_REQUESTS[1] - VALGRIND_REQUESTS[0]:,} keep-alive "
-        "requests after warm-up: the same on every run. Server CPU is user + system time of all "
+        "requests after warm-up: within 0.5 % from run to run. Server CPU is user + system time of all "
         "the server's processes (ferricorn's supervisor too) over the requests served.\n")
     add("| server | req/s | server CPU µs/req | of it user µs/req | errors | instructions/req | "
         "allocations/req | bytes allocated/req | req/s vs nginx | CPU vs nginx | instructions vs nginx |")
