@@ -771,8 +771,8 @@ def metrics_table(add, results):
     # request (its TCP path) is the same either way.
     cost = (ins1 / ins0 - 1) * user_share
     add(f"Wall-clock rounds on this shared machine swing by 2–3× (see min / max), "
-        f"more than the difference sought; the instruction count is the same on "
-        f"every run. Metrics on adds {ins1 / ins0 - 1:.1%} to the worker's user-space "
+        f"more than the difference sought; the instruction count moves by under "
+        f"0.5 %. Metrics on adds {ins1 / ins0 - 1:.1%} to the worker's user-space "
         f"instructions per request; user space is {user_share:.0%} of the worker's CPU "
         f"under this load, so a request costs about {cost:.1%} more CPU and the "
         f"throughput of a CPU-bound server drops by about {1 - 1 / (1 + cost):.1%}.\n")
