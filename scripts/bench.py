@@ -616,6 +616,27 @@ def fanout_table(add, results):
     add("")
 
 
+def interleaved(servers, rounds):
+    """`rounds` rounds of pinned `wrk -t1 -c50` against each of `servers`
+    (already started) in turn, so drift on this shared machine hits each
+    alike: {key: [wrk result + the server's CPU per request, all of it and
+    user space's, and user space's share]}."""
+    runs = {srv.key: [] for srv in servers}
+    for _ in range(rounds):
+        for srv in servers:
+            pids = srv.pids()
+            before = cpu_split(pids)
+            r = wrk(srv.port, 50, True)
+            after = cpu_split(pids)
+            user, system = after[0] - before[0], after[1] - before[1]
+            served = max(r["requests"], 1)
+            r["cpu_us"] = (user + system) * 1e6 / served
+            r["user_us"] = user * 1e6 / served
+            r["user_share"] = user / max(user + system, 1e-9)
+            runs[srv.key].append(r)
+    return runs
+
+
 METRICS_ROUNDS = max(REPEAT, 6)
 
 
@@ -649,17 +670,7 @@ def metrics_suite(results):
     thread = threading.Thread(target=scraper, daemon=True)
     thread.start()
     try:
-        runs = {off.key: [], on.key: []}
-        for _ in range(METRICS_ROUNDS):
-            for srv in (off, on):
-                pids = srv.pids()
-                before = cpu_split(pids)
-                r = wrk(srv.port, 50, True)
-                after = cpu_split(pids)
-                user, system = after[0] - before[0], after[1] - before[1]
-                r["cpu_us"] = (user + system) * 1e6 / max(r["requests"], 1)
-                r["user_share"] = user / max(user + system, 1e-9)
-                runs[srv.key].append(r)
+        runs = interleaved([off, on], METRICS_ROUNDS)
     finally:
         scraping["stop"] = True
         thread.join(10)
@@ -804,17 +815,7 @@ def percore_suite(results):
     for srv in servers:
         srv.start(True)
     try:
-        runs = {srv.key: [] for srv in servers}
-        for _ in range(PERCORE_ROUNDS):
-            for srv in servers:
-                pids = srv.pids()
-                before = cpu_split(pids)
-                r = wrk(srv.port, 50, True)
-                after = cpu_split(pids)
-                user, system = after[0] - before[0], after[1] - before[1]
-                r["cpu_us"] = (user + system) * 1e6 / max(r["requests"], 1)
-                r["user_us"] = user * 1e6 / max(r["requests"], 1)
-                runs[srv.key].append(r)
+        runs = interleaved(servers, PERCORE_ROUNDS)
     finally:
         for srv in servers:
             srv.stop()

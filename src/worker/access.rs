@@ -166,7 +166,7 @@ impl Format {
     /// this runs once per request, and `fmt`'s machinery costs several
     /// times what the bytes do.
     fn render(&self, r: &AccessRecord, who: &Who, out: &mut String) {
-        let number = |out: &mut String, n: u64| out.push_str(itoa::Buffer::new().format(n));
+        let number = super::push_number;
         out.clear();
         for atom in &self.atoms {
             match atom {
@@ -204,10 +204,8 @@ impl Format {
                     // Seconds to the microsecond, as `{:.6}` of the float
                     // would print them, from the integer.
                     number(out, r.duration_us / 1_000_000);
-                    let micros = itoa::Buffer::new().format(r.duration_us % 1_000_000).len();
                     out.push('.');
-                    out.extend(std::iter::repeat_n('0', 6 - micros));
-                    number(out, r.duration_us % 1_000_000);
+                    super::push_micros(out, r.duration_us % 1_000_000);
                 }
                 Atom::Pid => {
                     out.push('<');
@@ -320,10 +318,7 @@ impl Stamp {
             );
         }
         out.push_str(&self.head);
-        let micros = since.subsec_micros();
-        let digits = itoa::Buffer::new().format(micros).len();
-        out.extend(std::iter::repeat_n('0', 6 - digits));
-        out.push_str(itoa::Buffer::new().format(micros));
+        super::push_micros(out, since.subsec_micros().into());
         out.push('Z');
     }
 }

@@ -174,6 +174,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let verdicts = Arc::new(Verdicts::default());
     let stream = Inspected::with_prefix(stream, &early, limits, verdicts.clone());
     let request_ctx = ctx.clone();
+    // The clock is read only for what uses the time.
+    let timed = ctx.metrics.enabled() || ctx.access_log.is_some();
     let activity = Arc::new(Activity::default());
     let request_activity = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -187,8 +189,6 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         if ctx.drain.is_draining() {
             activity.started.notify_waiters();
         }
-        // The clock is read only for what uses the time.
-        let timed = ctx.metrics.enabled() || ctx.access_log.is_some();
         let timing = Timing::start(&request, timed);
         async move {
             if let Some(status) = refused {
